@@ -1,0 +1,84 @@
+"""Teacher engine: registry errors, metrics, results schema, resuming, tiny LegalBERT/DistilBERT paths, torchrun."""
+import json, math, os, subprocess, sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import SMALL, save_tiny
+from legalkd.metrics import ner_scores
+from legalkd.models import ModelNotFoundError, load_tokenizer
+from legalkd.results import RESULTS_SCHEMA, rescore_predictions, write_results
+from legalkd.teacher import StopAfterSave, TrainConfig, WindowDataset, load_split, train_teacher
+
+
+def n_windows(data_dir, tokenizer):
+    "Training windows of the SMALL config."
+    recs = load_split(data_dir, "train", SMALL["max_records"])
+    return len(WindowDataset(recs, tokenizer, SMALL["max_length"], SMALL["stride"]))
+
+
+def test_hub_name_offline_error_says_what_to_do():
+    with pytest.raises(ModelNotFoundError, match="--model-path"):
+        load_tokenizer("nlpaueb/legal-bert-base-uncased")
+
+
+def test_strict_metric_rejects_dangling_inside_tag():
+    gold = [["B-JUDGE", "I-JUDGE", "O"]]
+    assert ner_scores(gold, [["I-JUDGE", "I-JUDGE", "O"]])["f1"] == 0.0
+    assert ner_scores(gold, gold)["per_type"]["JUDGE"]["support"] == 1
+
+
+def test_results_schema_rejects_missing_fields(tmp_path):
+    with pytest.raises(jsonschema.ValidationError, match="'experiment' is a required property"):
+        write_results(dict(kind="teacher"), tmp_path)
+
+
+@pytest.mark.parametrize("spec,arch", [("legalbert", "bert"), ("distilbert", "distilbert")])
+def test_full_scale_specs_train_with_tiny_configs(spec, arch, tmp_path, data_dir, tokenizer):
+    local = save_tiny(tmp_path/f"tiny-{spec}", tokenizer, arch=arch)
+    res = train_teacher(spec, data_dir, tmp_path/"out", tmp_path/"results", f"{spec}-tiny", TrainConfig(**SMALL), model_path=str(local))
+    jsonschema.validate(res, RESULTS_SCHEMA)
+    assert res["model"]["arch"] == arch
+    assert res["config"]["model"] == spec
+    assert abs(rescore_predictions(tmp_path/"results"/res["predictions"])["f1"] - res["test"]["f1"]) < 1e-9
+    assert set(res["test"]["by_source"]) == {"judgement", "preamble"}
+
+
+def test_rerun_skips_finished_teacher(tmp_path, data_dir, tokenizer):
+    local = save_tiny(tmp_path/"tiny", tokenizer)
+    cfg = TrainConfig(**SMALL)
+    first = train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", cfg, model_path=str(local))
+    mtime = (tmp_path/"results"/"t.json").stat().st_mtime_ns
+    again = train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", cfg, model_path=str(local))
+    assert again["created"] == first["created"]
+    assert (tmp_path/"results"/"t.json").stat().st_mtime_ns == mtime
+
+
+def test_interrupted_training_resumes(tmp_path, data_dir, tokenizer):
+    local = save_tiny(tmp_path/"tiny", tokenizer)
+    cfg = TrainConfig(**{**SMALL, "epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", cfg, model_path=str(local), callbacks=[StopAfterSave()])
+    assert not (tmp_path/"results"/"t.json").exists()
+    res = train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", cfg, model_path=str(local))
+    steps_per_epoch = math.ceil(n_windows(data_dir, tokenizer) / SMALL["batch_size"])
+    assert res["resumed_from"].endswith(f"checkpoint-{steps_per_epoch}")
+    assert [h["epoch"] for h in res["history"]] == [1.0, 2.0]
+
+
+def test_torchrun_two_processes(tmp_path, data_dir, tokenizer):
+    local = save_tiny(tmp_path/"tiny", tokenizer)
+    script = tmp_path/"ddp.py"
+    script.write_text(
+        "import sys\nfrom legalkd.teacher import TrainConfig, train_teacher\n"
+        f"cfg = TrainConfig(**{SMALL!r})\n"
+        f"train_teacher('legalbert', {str(data_dir)!r}, {str(tmp_path/'out')!r}, {str(tmp_path/'results')!r}, 'ddp', cfg, model_path={str(local)!r})\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path/"results"/"ddp.json").read_text())
+    assert res["config"]["max_records"] == SMALL["max_records"]
+    state = json.loads(next((tmp_path/"out"/"checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["global_step"] == math.ceil(n_windows(data_dir, tokenizer) / (2 * SMALL["batch_size"]))
