@@ -103,7 +103,9 @@ def test_tag_long_document_keeps_every_word(every_word_entity):
     (ents,) = tagger.tag([LONG])
     assert len(ents) == len(words)
     assert [(e["start"], e["end"]) for e in ents] == words
-    assert all(0 <= e["start"] < e["end"] <= len(LONG) and LONG[e["start"]:e["end"]] == e["text"] for e in ents)
+    for e in ents:
+        assert 0 <= e["start"] < e["end"] <= len(LONG)
+        assert LONG[e["start"]:e["end"]] == e["text"]
 
 
 def test_tag_empty_and_whitespace_inputs(tiny):
@@ -196,7 +198,7 @@ def test_compress_rejects_wrong_source_format(onnx_dir, tmp_path):
         compress_model(onnx_dir, tmp_path/"x", "fp16")
 
 
-def test_compress_refuses_to_replace_other_folder(tiny, tmp_path):
+def test_compress_keeps_unrelated_output_folder(tiny, tmp_path):
     (tmp_path/"notes").mkdir()
     (tmp_path/"notes"/"keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a compressed model folder"):
@@ -321,6 +323,11 @@ def test_cli_help_texts_present():
     sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
     for name in ("tag", "compress", "bench"):
         for action in sub.choices[name]._actions:
-            if action.dest not in ("help",):
-                assert action.help, f"{name} option {action.dest} has no help text"
-    assert parser().parse_args(["bench", "--models", "teacher=a", "s=b", "--data", "d"]).models == [("teacher", "a"), ("s", "b")]
+            assert action.help, f"{name} option {action.dest} has no help text"
+
+
+def test_cli_bench_parses_model_pairs():
+    args = parser().parse_args(["bench", "--models", "teacher=a", "s=b", "--data", "d"])
+    assert args.models == [("teacher", "a"), ("s", "b")]
+    with pytest.raises(SystemExit):
+        parser().parse_args(["bench", "--models", "teacher", "--data", "d"])
