@@ -122,6 +122,7 @@ def test_distill_same_vocabulary_with_projection(tmp_path, data_dir, tokenizer):
     res = distill("kd-v2", [teacher], data_dir, tmp_path/"kd-v2", tmp_path/"results", student=str(student), **SMALL)
     assert res["model"]["same_tokenizer"] is True
     assert res["model"]["hidden"] == 32
+    assert res["model"]["projection"] is True
 
 
 def test_every_preset_runs_and_stage2_starts_from_stage1(tmp_path, data_dir, tokenizer):
@@ -131,6 +132,7 @@ def test_every_preset_runs_and_stage2_starts_from_stage1(tmp_path, data_dir, tok
         res = distill(v, teachers, data_dir, tmp_path/v, tmp_path/"results", student="from-teacher:2", cache_dir=tmp_path/"cache", **SMALL)
         assert res["model"]["layers"] == 2
         assert res["config"]["teacher"] == "teacher"
+        if v == "kd-v3-stage2": assert res["model"]["init_from"] == str(tmp_path/"kd-v3-stage1"/"model")
     assert len(list((tmp_path/"cache").glob("teacher-logits-*.pt"))) == 1  # kd-v1 cached the first teacher only
     multi = distill("multi-teacher", teachers, data_dir, tmp_path/"multi-teacher", tmp_path/"results", student="from-teacher:2", **SMALL)
     assert len(multi["model"]["teacher_weights"]) == 2

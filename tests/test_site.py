@@ -35,6 +35,36 @@ def _results_files():
     return sorted(p for p in (ROOT/"results").glob("*.json") if not p.name.startswith(("bench", "run_")))
 
 
+def _page(notebook: str) -> str:
+    from legalkd.docs import page_name
+    return page_name(ROOT/"nbs"/notebook)
+
+
+RESULTS_PAGES = ("01_teacher.ipynb", "03_distill.ipynb", "04_compress.ipynb")  # notebooks with `#| results` cells
+
+
+def _page_tables(browser, url) -> list[list[list[str]]]:
+    "Open `url` and return every table on it as rows of cell texts, header rows included."
+    browser.get(url)
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('table')).map(t => Array.from(t.querySelectorAll('tr'))"
+        ".map(r => Array.from(r.querySelectorAll('th, td')).map(c => c.textContent.trim())))")
+
+
+def _shows(text: str, value: float) -> bool:
+    "Tell whether a table cell's `text` is `value` (a score in [0, 1]) rounded to the cell's decimals, as a fraction or a percentage."
+    try: displayed = float(text)
+    except ValueError: return False
+    decimals = len(text.partition(".")[2])
+    half_unit = 0.5 * 10 ** -decimals + 1e-9
+    return (decimals >= 2 and abs(displayed - value) <= half_unit) or (decimals >= 1 and abs(displayed - 100 * value) <= half_unit)
+
+
+def _describe(tables) -> list[list[str]]:
+    "Return the first row of each table, to show in a failure message."
+    return [t[0] if t else [] for t in tables]
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     "Path of the site: LEGALKD_SITE when set, else a fresh build in a temporary folder."
@@ -101,12 +131,12 @@ def _leaves_host(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def pages(browser, server):
-    "Visit the home page and the analysis page; return, per page, the requests sent and the resources referenced."
+    "Visit the home page and the pages with results; return, per page, the requests sent and the resources referenced."
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.get("about:blank")  # leave Chromium's start page, then drop what it logged
     _requested_urls(browser)
     visited = {}
-    for name in ("index.html", "analysis.html"):
+    for name in ("index.html", "analysis.html", *map(_page, RESULTS_PAGES)):
         browser.get(urljoin(server, name))
         browser.execute_script("return document.readyState")
         browser.save_screenshot(str(SCREENSHOTS/f"{Path(name).stem}.png"))
@@ -179,3 +209,56 @@ def test_analysis_page_shows_figures(browser, server, pages):
         assert len(images) == 1, f"figure {path.name} is not on analysis.html"
         loaded = browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", images[0])
         assert loaded, f"figure {path.name} on analysis.html did not load"
+
+
+def test_shows_matches_displayed_precision():
+    assert _shows("0.8081", 0.8080939947780679)
+    assert _shows("0.81", 0.8080939947780679)
+    assert _shows("80.8", 0.8080939947780679)
+    assert not _shows("0.8", 0.8080939947780679)  # one decimal is too coarse to tell a score apart
+    assert not _shows("0.7737", 0.8080939947780679)
+    assert not _shows("teacher", 0.8)
+
+
+def test_teacher_page_shows_learning_curve(browser, server, pages):
+    path = ROOT/"results"/"teacher.json"
+    if not path.exists(): pytest.skip(f"{path} not found, so the teacher page has no results tables")
+    teacher = json.loads(path.read_text(encoding="utf-8"))
+    curve = [epoch["val_f1"] for epoch in teacher["history"]] or [teacher["test"]["f1"]]
+    page = _page("01_teacher.ipynb")
+    tables = _page_tables(browser, urljoin(server, page))
+    cells = [{c for row in table for c in row} for table in tables]
+    has_curve = [all(any(_shows(c, value) for c in table_cells) for value in curve) for table_cells in cells]
+    assert any(has_curve), (f"no table on {page} shows the validation F1 per epoch of {path.name} ({curve}); "
+                            f"tables found: {_describe(tables)}. "
+                            "Is there a `#| results` cell in nbs/01_teacher.ipynb that displays the learning curve?")
+
+
+def test_distill_page_lists_variants(browser, server, pages):
+    from legalkd.results import load_results
+    students = [r for r in load_results(ROOT/"results") if r.get("kind") == "student"] if (ROOT/"results").is_dir() else []
+    if not students: pytest.skip(f"no student results in {ROOT/'results'} yet, so the distillation page has no variant table")
+    page = _page("03_distill.ipynb")
+    tables = _page_tables(browser, urljoin(server, page))
+
+    def lists(table, result):
+        "Tell whether a row of `table` names the experiment of `result` and shows its test F1."
+        return any(result["experiment"] in row and any(_shows(c, result["test"]["f1"]) for c in row) for row in table)
+
+    names = [r["experiment"] for r in students]
+    complete = [t for t in tables if all(lists(t, r) for r in students)]
+    assert complete, (f"no table on {page} has a row with the test F1 of each of {names}; tables found: {_describe(tables)}. "
+                      "Is there a `#| results` cell in nbs/03_distill.ipynb that reads every student's results file?")
+
+
+def test_compress_page_shows_bench(browser, server, pages):
+    path = ROOT/"results"/"bench.json"
+    if not path.exists(): pytest.skip(f"{path} not found, so the compression page has no benchmark table")
+    models = list(json.loads(path.read_text(encoding="utf-8"))["models"])
+    page = _page("04_compress.ipynb")
+    tables = _page_tables(browser, urljoin(server, page))
+    bench = [t for t in tables if t and "words/s" in t[0]]
+    assert bench, f"no table on {page} has a words/s column; tables found: {_describe(tables)}"
+    row_names = {row[0] for row in bench[0] if row}
+    for name in models:
+        assert name in row_names, f"model {name} of {path.name} is missing from the benchmark table on {page}"
