@@ -19,7 +19,7 @@ __all__ = ['ENTITY_TYPES', 'LABELS', 'label2id', 'id2label', 'log', 'WORD_RE', '
            'PAD_VALUES', 'DataError', 'source_type_of', 'parse_record', 'read_labelstudio', 'split_words',
            'spans_to_tags', 'tags_to_spans', 'convert_record', 'carve_validation', 'write_conll', 'read_conll',
            'source_type_of_meta', 'load_hf_release', 'hash_files', 'entity_counts', 'prepare_data', 'data_meta',
-           'tokenize_words', 'window_record', 'tokenize_records', 'merge_windows', 'collate_features']
+           'tokenize_words', 'window_record', 'tokenize_records', 'merge_windows', 'collate_features', 'iter_batches']
 
 # %% ../nbs/00_data.ipynb #53edcb92
 ENTITY_TYPES = ["COURT", "PETITIONER", "RESPONDENT", "JUDGE", "LAWYER", "DATE", "ORG", "GPE",
@@ -396,3 +396,15 @@ def collate_features(features, pad_token_id: int = 0) -> dict:
     for key in ("record_index", "word_start", "word_end"):
         if key in features[0]: batch[key] = torch.tensor([f[key] for f in features])
     return batch
+
+# %% ../nbs/00_data.ipynb #4c3b9970
+def iter_batches(features, batch_size: int, pad_token_id: int = 0, progress: bool = False, desc: str = "batches"):
+    "Yield `(indices, batch)` over `features` sorted by length, each batch padded by `collate_features`."
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    starts = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, unit="batch")
+    for b in starts:
+        idx = order[b:b + batch_size]
+        yield idx, collate_features([features[i] for i in idx], pad_token_id)

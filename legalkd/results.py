@@ -37,7 +37,7 @@ RESULTS_SCHEMA = {
     },
 }
 
-# %% ../nbs/01_results.ipynb #75a01ae2
+# %% ../nbs/01_results.ipynb #b1e2b682
 PACKAGES = ("legalkd", "torch", "transformers", "datasets", "accelerate", "seqeval", "numpy", "onnxruntime")
 
 def git_commit(path=".") -> str:
@@ -60,7 +60,8 @@ def run_metadata() -> dict:
     except (OSError, StopIteration): pass
     device = dict(type="cuda" if torch.cuda.is_available() else "cpu", cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
                   gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-    return dict(versions=versions, git_commit=git_commit(Path(__file__).parent), device=device,
+    here = Path(globals().get("__file__", ".")).resolve().parent  # the package folder; the working folder inside a notebook
+    return dict(versions=versions, git_commit=git_commit(here), device=device,
                 python=platform.python_version(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/01_results.ipynb #abb7c685
