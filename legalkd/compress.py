@@ -779,7 +779,7 @@ def report_bench(bench_path="results/bench.json", results_dir="results", fig_pat
     else: print(f"{bench_path}: no model has a test F1 in {results_dir}, so no Pareto plot was drawn")
     return dict(settings=bench["settings"], machine=bench["machine"], table=table, architecture=arch_table(bench), figure=fig)
 
-# %% ../nbs/04_compress.ipynb #88223280
+# %% ../nbs/04_compress.ipynb #c3cb03b4
 def _is_current(target: Path, src, keep_fp32) -> bool:
     "True when `target` is a compressed folder made from `src` with the same `keep_fp32` patterns."
     if not (target/MARKER).exists(): return False
@@ -798,6 +798,15 @@ def run_compression(best: dict, cfg: dict, data_dir, out_dir, results_dir, force
         out.append(evaluate_compressed(target, data_dir, results_dir, experiment, base_results=best, force=force))
     return out
 
+def _bench_is_current(out: Path, models: dict, settings: dict) -> bool:
+    "True when `out` timed exactly `models` with the same settings and no model folder changed after it was written."
+    if not out.exists(): return False
+    old = json.loads(out.read_text(encoding="utf-8"))
+    timed = ("sentences", "repeats", "batch_size", "latency_sentences", "threads")
+    same_settings = all(old["settings"].get(k) == v for k, v in settings.items() if k in timed)
+    newest = max((f.stat().st_mtime for d in models.values() for f in Path(d).rglob("*") if f.is_file()), default=0)
+    return sorted(old["models"]) == sorted(models) and same_settings and newest < out.stat().st_mtime
+
 def run_pipeline_bench(preset: dict, best: dict | None, data_dir, out_dir, results_dir) -> dict:
     "Benchmark the first teacher, the best student and its compressed copies into `results/bench.json`."
     teacher = preset["teachers"][0]["experiment"]
@@ -808,6 +817,10 @@ def run_pipeline_bench(preset: dict, best: dict | None, data_dir, out_dir, resul
             models[f"{best['experiment']}-{method}"] = Path(out_dir)/"compressed"/f"{best['experiment']}-{method}"
     models = {n: d for n, d in models.items() if d.exists()}
     b = preset.get("bench") or {}
+    out = Path(results_dir)/"bench.json"
+    if _bench_is_current(out, models, b):
+        print(f"{out} is up to date: same models and settings, no model folder changed since; skipping the benchmark")
+        return json.loads(out.read_text(encoding="utf-8"))
     return run_bench(models, data_dir, Path(results_dir)/"bench.json", teacher=teacher, results_dir=results_dir,
                      measure_rss=b.get("rss", True), arch_shapes=ARCH_SHAPES if b.get("arch", True) else None,
                      **{k: v for k, v in b.items() if k in ("sentences", "repeats", "batch_size", "latency_sentences", "threads")})
