@@ -26,7 +26,7 @@ __all__ = ['log', 'MARKER', 'FORMATS', 'INT8_WEIGHTS', 'WEIGHT_FILES', 'WRITERS'
            'read_marker', 'weights_bytes', 'dir_bytes', 'TorchBackend', 'OnnxBackend', 'linear_qconfig_spec',
            'quantize_model_int8', 'load_int8_model', 'Tagger', 'decode_entities', 'decode_utf8', 'read_texts',
            'write_tagged', 'quantize_dynamic_int8', 'export_onnx', 'quantize_onnx_int8', 'compress_model',
-           'evaluate_compressed', 'fp32_groups', 'sensitivity_scan', 'sample_records', 'time_models',
+           'evaluate_compressed', 'fp32_groups', 'sensitivity_scan', 'run_sensitivity', 'sample_records', 'time_models',
            'measure_peak_rss', 'bench_architectures', 'run_bench', 'bench_table', 'arch_table', 'pareto_front',
            'plot_pareto', 'report_bench', 'run_compression', 'run_pipeline_bench', 'add_cli']
 
@@ -501,7 +501,7 @@ def evaluate_compressed(model_dir, data_dir, results_dir, experiment: str, base_
     write_results(res, results_dir)
     return res
 
-# %% ../nbs/04_compress.ipynb #5e936fb2
+# %% ../nbs/04_compress.ipynb #c2063b99
 _GROUP_PATTERNS = {"bert": {"attn_out": r"layer\.{i}\.attention\.output\.dense$", "ffn_out": r"layer\.{i}\.output\.dense$"},
                    "distilbert": {"attn_out": r"layer\.{i}\.attention\.out_lin$", "ffn_out": r"layer\.{i}\.ffn\.lin2$"}}
 
@@ -543,8 +543,22 @@ def sensitivity_scan(model_dir, data_dir, groups: dict | None = None, method: st
             f1 = _score(tagger, records, batch_size)
             rows.append(dict(group=name, keep_fp32=list(patterns), f1=f1, delta_f1=f1 - ref))
             log.info("sensitivity %s: keep %s in fp32 -> F1 %.4f (%+.4f)", method, name, f1, f1 - ref)
-    if out_path: save_json_atomic(dict(model=str(model_dir), method=method, split=split, max_records=max_records, rows=rows), out_path)
+    if out_path:
+        save_json_atomic(dict(model=str(model_dir), method=method, split=split, max_records=max_records, rows=rows,
+                              data_hash=data_meta(data_dir)["raw_hash"], **run_metadata()), out_path)
     return rows
+
+def run_sensitivity(compressed: list[dict], data_dir, results_dir, max_records: int = 500, threshold: float = 0.005) -> list[dict]:
+    "Scan every INT8 copy that lost more than `threshold` validation F1; reuse a scan file that already exists."
+    done = []
+    for r in compressed:
+        if r["config"]["format"] not in ("torch-int8", "onnx-int8") or r["base"]["delta_validation_f1"] >= -threshold: continue
+        out = Path(results_dir)/f"sensitivity_{r['experiment']}.json"
+        if not out.exists():
+            sensitivity_scan(r["config"]["source"], data_dir, method="int8" if r["config"]["format"] == "torch-int8" else "onnx-int8",
+                             max_records=max_records, out_path=out)
+        done.append(json.loads(out.read_text(encoding="utf-8")))
+    return done
 
 # %% ../nbs/04_compress.ipynb #575a3cf5
 def sample_records(data_dir, n: int, split: str = "test", seed: int = 0) -> list[dict]:

@@ -86,7 +86,7 @@ def best_student(results_dir) -> dict | None:
     students = [r for r in load_results(results_dir) if r["kind"] == "student"]
     return max(students, key=lambda r: r["validation"]["f1"], default=None)
 
-# %% ../nbs/06_pipeline.ipynb #d6bd4b36
+# %% ../nbs/06_pipeline.ipynb #56b56d4b
 def _summary(r: dict) -> str:
     return f"{r['experiment']:<16} test F1 {r['test']['f1']:.4f}  val F1 {r['validation']['f1']:.4f}  {r['parameters'] / 1e6:.1f} M params  {r['wall_time_s'] / 60:.1f} min"
 
@@ -104,7 +104,7 @@ def run_pipeline(data="../shared/data/inlegalner/raw", preset: str = "cpu", out_
         timings[name] = round(time.time() - t0, 1)
         log.info("step %s finished in %.1f s", name, timings[name])
         for r in value if isinstance(value, list) else []:
-            if r: print(_summary(r))
+            if r and "experiment" in r: print(_summary(r))
         return value
 
     step("data", lambda: prepare_data(data, data_dir, p["data"]["val_fraction"], p["data"]["seed"]))
@@ -117,13 +117,15 @@ def run_pipeline(data="../shared/data/inlegalner/raw", preset: str = "cpu", out_
     save_json_atomic(record, results_dir/f"run_{p['name']}{'_partial' if steps else ''}.json")
     return record
 
-# %% ../nbs/06_pipeline.ipynb #c8726f2e
+# %% ../nbs/06_pipeline.ipynb #b00f2fd5
 def _finish(p, data_dir, out_dir, results_dir, step, docs, readme):
     "Compression, benchmark, figures, README table and docs: the steps after training."
     from legalkd import analysis, compress
     best = best_student(results_dir)
     if best and p.get("compress"):
-        step("compress", lambda: compress.run_compression(best, p["compress"], data_dir, out_dir, results_dir))
+        copies = step("compress", lambda: compress.run_compression(best, p["compress"], data_dir, out_dir, results_dir))
+        n = p["compress"].get("sensitivity_records")
+        if n: step("sensitivity", lambda: compress.run_sensitivity(copies, data_dir, results_dir, n))
     if p.get("bench"):
         step("bench", lambda: compress.run_pipeline_bench(p, best, data_dir, out_dir, results_dir))
     step("figures", lambda: analysis.make_figures(results_dir, results_dir/"figures"))

@@ -64,7 +64,7 @@ def run_metadata() -> dict:
     return dict(versions=versions, git_commit=git_commit(here), device=device,
                 python=platform.python_version(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
-# %% ../nbs/01_results.ipynb #abb7c685
+# %% ../nbs/01_results.ipynb #5a499b1d
 def save_json_atomic(obj, path):
     "Write `obj` as JSON to `path` through a temporary file and a rename."
     path = Path(path)
@@ -90,7 +90,8 @@ def load_results(results_dir, experiment: str | None = None):
     if experiment is not None:
         p = results_path(results_dir, experiment)
         return json.loads(p.read_text()) if p.exists() else None
-    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json")) if not p.name.startswith(("bench", "run_"))]
+    runs = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*.json"))]
+    return [r for r in runs if isinstance(r, dict) and r.get("kind") in ("teacher", "student", "compressed")]  # not bench or run records
 
 # %% ../nbs/01_results.ipynb #01b52621
 def save_predictions(path, records, pred_tags):
