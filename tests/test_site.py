@@ -32,7 +32,7 @@ def _notebooks():
 
 
 def _results_files():
-    return sorted(p for p in (ROOT/"results").glob("*.json") if not p.name.startswith(("bench", "run_")))
+    return sorted(p for p in (ROOT/"results").glob("*.json") if json.loads(p.read_text()).get("kind") in ("teacher", "student", "compressed"))
 
 
 def _page(notebook: str) -> str:
