@@ -41,18 +41,18 @@ def _run(a):
     rec = run_pipeline(a.data, a.preset, a.out, a.results, steps=a.steps.split(",") if a.steps else None, docs=not a.no_docs)
     print("step times (s):", rec["timings_s"])
 
-# %% ../nbs/08_cli.ipynb #eddaee64
+# %% ../nbs/08_cli.ipynb #a49f4c87
 def _train_options(p, teacher: bool):
-    "Options shared by train-teacher and distill; unset values keep the defaults of the config."
-    p.add_argument("--data", default="outputs/data", help="prepared data folder (from `legalkd data prepare`)")
-    p.add_argument("--results", default="results", help="folder for the results JSON and test predictions")
+    "Options shared by train-teacher and distill; an unset value keeps the default of `TrainConfig` or of the variant preset."
+    p.add_argument("--data", default="outputs/data", help="prepared data folder from `legalkd data prepare` (default: outputs/data)")
+    p.add_argument("--results", default="results", help="folder for the results JSON and test predictions (default: results)")
     p.add_argument("--experiment", default="teacher" if teacher else None, help="experiment name (results file name)")
-    p.add_argument("--epochs", type=float, help="training epochs")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--batch-size", type=int, help="windows per batch")
-    p.add_argument("--max-length", type=int, help="wordpieces per window, including [CLS] and [SEP]")
-    p.add_argument("--stride", type=int, help="wordpieces shared by consecutive windows")
-    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--epochs", type=float, help="training epochs (default: 3 for a teacher, the variant's own for a student)")
+    p.add_argument("--lr", type=float, help="peak learning rate after linear warm-up (default: 1e-4)")
+    p.add_argument("--batch-size", type=int, help="windows per batch (default: 16)")
+    p.add_argument("--max-length", type=int, help="wordpieces per window, including [CLS] and [SEP] (default: 256)")
+    p.add_argument("--stride", type=int, help="wordpieces shared by consecutive windows (default: 64)")
+    p.add_argument("--seed", type=int, help="random seed (default: 42)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (default on)")
     p.add_argument("--max-records", type=int, help="use only N evenly spaced records of each split (smoke runs)")
     p.add_argument("--force", action="store_true", help="retrain even when matching results exist")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="data commands").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="data commands", description="Prepare InLegalNER for training.").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="convert InLegalNER to word-level IOB2 splits")
     p.add_argument("--source", required=True, help="folder of release JSON files, a CoNLL folder, or `hf` for the gated Hugging Face copy")
     p.add_argument("--out", required=True, help="output folder for the dataset, CoNLL files and meta.json")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-teacher", help="fine-tune a teacher and write its results")
     p.add_argument("--model", default="minilm-l6", help="registry name (minilm-l6, legalbert, distilbert), folder or hub name")
     p.add_argument("--model-path", default=None, help="local folder of the checkpoint, for hub models without network")
-    p.add_argument("--out", default="outputs/teacher", help="folder for checkpoints and the final model")
+    p.add_argument("--out", default="outputs/teacher", help="folder for checkpoints and the final model (default: outputs/teacher)")
     _train_options(p, teacher=True)
     p.set_defaults(func=_train_teacher)
 
@@ -91,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_distill)
 
     p = sub.add_parser("run", help="run the whole study: data, teachers, variants, compression, benchmark, figures, docs")
-    p.add_argument("--data", default="../shared/data/inlegalner/raw", help="raw data source (release JSON folder, CoNLL folder or `hf`)")
-    p.add_argument("--preset", default="cpu", help="preset name (cpu, quick, legalbert) or YAML file")
-    p.add_argument("--out", default="outputs", help="folder for prepared data, checkpoints and caches")
-    p.add_argument("--results", default="results", help="folder for results, predictions and figures")
+    p.add_argument("--data", default="../shared/data/inlegalner/raw", help="raw data source: release JSON folder, CoNLL folder or `hf` (default: ../shared/data/inlegalner/raw)")
+    p.add_argument("--preset", default="cpu", help="preset name (cpu, quick, legalbert) or YAML file (default: cpu)")
+    p.add_argument("--out", default="outputs", help="folder for prepared data, checkpoints and caches (default: outputs)")
+    p.add_argument("--results", default="results", help="folder for results, predictions and figures (default: results)")
     p.add_argument("--steps", default=None, help="comma-separated experiments to run (default: all steps)")
     p.add_argument("--no-docs", action="store_true", help="skip building the docs site")
     p.set_defaults(func=_run)
@@ -104,10 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as e: logging.getLogger("legalkd").debug("%s commands unavailable: %s", mod, e)
     return ap
 
-# %% ../nbs/08_cli.ipynb #12f867f4
+# %% ../nbs/08_cli.ipynb #236249bd
 def main(argv=None):
-    "Entry point of the `legalkd` command."
+    "Entry point of the `legalkd` command; input errors end with one line on stderr and exit status 1."
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    a.func(a)
+    from legalkd.data import DataError
+    from legalkd.models import ModelNotFoundError
+    try: a.func(a)
+    except (DataError, ModelNotFoundError, FileNotFoundError) as e:
+        raise SystemExit(f"legalkd {a.command}: {e}") from None
