@@ -1,4 +1,4 @@
-"""Model registry, strict entity-level evaluation, results files, and the training engine that fine-tunes the teacher (and, subclassed, trains every student).
+"""The training engine that fine-tunes the teacher (and, subclassed, trains every student), prediction over overlapping windows, and the real teacher runs.
 
 Docs: https://legalkd.github.io/legalkd/teacher.html.md"""
 
