@@ -256,7 +256,7 @@ def entity_counts(records) -> Counter:
     "Count entities by type, decoded from the tags."
     return Counter(label for r in records for _, _, label in tags_to_spans(r["word_offsets"], r["tags"]))
 
-# %% ../nbs/00_data.ipynb #600a9d0f
+# %% ../nbs/00_data.ipynb #442eaf94
 def prepare_data(source, out_dir, val_fraction: float = 0.1, seed: int = 42, hf_token: str | None = None, force: bool = False) -> DatasetDict:
     "Convert a data source to a saved `DatasetDict` with CoNLL copies and `meta.json`; reuse it when nothing changed."
     out_dir = Path(out_dir)
@@ -267,12 +267,14 @@ def prepare_data(source, out_dir, val_fraction: float = 0.1, seed: int = 42, hf_
         if meta.get("settings") == dict(val_fraction=val_fraction, seed=seed) and meta.get("raw_hash") == _source_hash(source):
             log.info("%s is up to date (raw hash %s); reusing it", out_dir, meta["raw_hash"][:12])
             return load_from_disk(out_dir/"dataset")
+
     raw, raw_hash = _read_source(source, stats, hf_token)
     conv = {split: [convert_record(r, stats) if "words" not in r else r for r in recs] for split, recs in raw.items()}
     if "validation" in conv: train, val = conv["train"], conv["validation"]
     else: train, val = carve_validation(conv["train"], val_fraction, seed)
     splits = {"train": train, "validation": val, "test": conv["test"]}
     dsd = DatasetDict({k: Dataset.from_list(v) for k, v in splits.items()})
+
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent if out_dir.parent.exists() else None))
     dsd.save_to_disk(tmp/"dataset")
     for k, v in splits.items(): write_conll(v, tmp/"conll"/f"{k}.conll")
@@ -282,6 +284,7 @@ def prepare_data(source, out_dir, val_fraction: float = 0.1, seed: int = 42, hf_
                 repairs=dict(trimmed_spans=stats["trimmed_spans"]), boundary_cuts=stats["boundary_cuts"],
                 labels=LABELS)
     (tmp/"meta.json").write_text(json.dumps(meta, indent=2))
+
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("dataset", "conll", "meta.json"):
         if (out_dir/name).exists(): shutil.rmtree(out_dir/name) if (out_dir/name).is_dir() else (out_dir/name).unlink()

@@ -143,7 +143,7 @@ def mask_view(ids, attention_mask, word_ids, chosen, tk: TokenIds, generator=Non
     special = ids.eq(tk.cls) | ids.eq(tk.sep)
     return mask_words(ids, piece_words(word_ids, attention_mask, special), chosen, tk.mask, tk.vocab_size, generator)
 
-# %% ../nbs/03_distill.ipynb #678636f2
+# %% ../nbs/03_distill.ipynb #e51dea85
 class DistillTrainer(NERTrainer):
     "A `Trainer` that adds teacher losses set by a `DistillConfig`."
     def __init__(self, *args, teachers=(), dcfg: DistillConfig = None, teacher_weights=(1.0,), student_ids: TokenIds = None,
@@ -177,6 +177,7 @@ class DistillTrainer(NERTrainer):
         if not model.training or (not d.uses_teacher and d.mask_prob == 0):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         student, projection = self._student(model)
+
         ids, am, labels, wids = inputs["input_ids"], inputs["attention_mask"], inputs["labels"], inputs["word_ids"]
         same = self.teacher_ids is None
         t_ids, t_am, t_wids = (ids, am, wids) if same else (inputs["t_input_ids"], inputs["t_attention_mask"], inputs["t_word_ids"])
@@ -186,6 +187,7 @@ class DistillTrainer(NERTrainer):
         if same or use_cache: s_i = t_i = (wids >= 0).reshape(-1).nonzero().squeeze(-1)
         else: s_i, t_i = (x.to(ids.device) for x in align_words(wids, t_wids))
         flat = lambda x, i: x.reshape(-1, x.size(-1))[i]
+
         views = d.n_views if augment else 1
         total, out = 0.0, None
         for _ in range(views):
@@ -194,9 +196,11 @@ class DistillTrainer(NERTrainer):
                 chosen = choose_words(wids, d.mask_prob, self.generator).to(ids.device)
                 s_ids = mask_view(ids, am, wids, chosen, self.student_ids, self.generator)
                 v_t_ids = s_ids if same else mask_view(t_ids, t_am, t_wids, chosen, self.teacher_ids, self.generator)
+
             out = student(input_ids=s_ids, attention_mask=am, output_hidden_states=need_hidden, output_attentions=need_attn)
             loss = out.logits.sum() * 0.0
             if d.alpha_ce > 0: loss = loss + d.alpha_ce * token_ce(out.logits, labels)
+
             if d.uses_teacher:
                 if use_cache: t_logits, t_hidden, t_attn = inputs["teacher_logits"], None, None
                 else: t_logits, t_hidden, t_attn = self.teacher_outputs(v_t_ids, t_am, need_hidden, need_attn)

@@ -86,7 +86,7 @@ def tiny_model(arch: str = "bert", layers: int = 2, hidden: int = 32, heads: int
     cfg.num_labels, cfg.id2label, cfg.label2id = len(LABELS), id2label, label2id
     return AutoModelForTokenClassification.from_config(cfg)
 
-# %% ../nbs/01_models.ipynb #b301cd76
+# %% ../nbs/01_models.ipynb #fa228294
 def layer_map(n_teacher: int, n_student: int) -> list[int]:
     "Teacher layer (0-based) matched to each student layer: evenly spaced, ending at the top layer."
     if not 0 < n_student <= n_teacher: raise ValueError(f"student depth {n_student} must be between 1 and the teacher depth {n_teacher}")
@@ -104,8 +104,8 @@ def student_from_teacher(teacher, n_layers: int):
     student = copy.deepcopy(teacher)
     keep = layer_map(len(encoder_layers(teacher)), n_layers)
     layers = encoder_layers(student)
-    kept = torch.nn.ModuleList([layers[i] for i in keep])
+    kept_layers = torch.nn.ModuleList([layers[i] for i in keep])
     base = getattr(student, student.base_model_prefix)
-    if hasattr(base, "encoder"): base.encoder.layer = kept; student.config.num_hidden_layers = n_layers
-    else: base.transformer.layer = kept; student.config.n_layers = n_layers
+    if hasattr(base, "encoder"): base.encoder.layer = kept_layers; student.config.num_hidden_layers = n_layers
+    else: base.transformer.layer = kept_layers; student.config.n_layers = n_layers
     return student

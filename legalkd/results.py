@@ -37,7 +37,7 @@ RESULTS_SCHEMA = {
     },
 }
 
-# %% ../nbs/01_results.ipynb #b1e2b682
+# %% ../nbs/01_results.ipynb #5b44b2c7
 PACKAGES = ("legalkd", "torch", "transformers", "datasets", "accelerate", "seqeval", "numpy", "onnxruntime")
 
 def git_commit(path=".") -> str:
@@ -60,8 +60,8 @@ def run_metadata() -> dict:
     except (OSError, StopIteration): pass
     device = dict(type="cuda" if torch.cuda.is_available() else "cpu", cpu=cpu, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
                   gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-    here = Path(globals().get("__file__", ".")).resolve().parent  # the package folder; the working folder inside a notebook
-    return dict(versions=versions, git_commit=git_commit(here), device=device,
+    package_dir = Path(globals().get("__file__", ".")).resolve().parent  # the working folder when run inside a notebook
+    return dict(versions=versions, git_commit=git_commit(package_dir), device=device,
                 python=platform.python_version(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 # %% ../nbs/01_results.ipynb #5a499b1d
