@@ -331,3 +331,28 @@ def test_cli_bench_parses_model_pairs():
     assert args.models == [("teacher", "a"), ("s", "b")]
     with pytest.raises(SystemExit):
         parser().parse_args(["bench", "--models", "teacher", "--data", "d"])
+
+
+def test_run_compression_retrained_student(tmp_path, small_data, tokenizer):
+    from legalkd.compress import run_compression
+    student = save_tiny(tmp_path/"student", tokenizer, seed=1)
+    best = dict(experiment="stu", seed=1, data_hash="ab" * 32, config=dict(max_length=64, stride=16),
+                validation=dict(f1=0.5), test=dict(f1=0.4), model=dict(checkpoint=str(student)))
+    args = (best, dict(methods=["int8"]), small_data, tmp_path/"out", tmp_path/"results")
+    first = run_compression(*args)[0]
+    assert run_compression(*args)[0] == first
+    save_tiny(student, tokenizer, seed=2)
+    third = run_compression(*args)[0]
+    assert third["config"]["weights_sha256"] != first["config"]["weights_sha256"]
+
+
+def test_run_sensitivity_stale_scan(tmp_path):
+    import os
+    from legalkd.compress import run_sensitivity
+    scan = tmp_path/"sensitivity_stu-int8.json"
+    scan.write_text("{}")
+    os.utime(scan, (1, 1))
+    (tmp_path/"stu-int8.json").write_text("{}")
+    copy = dict(experiment="stu-int8", config=dict(format="torch-int8", source="unused"), base=dict(delta_validation_f1=0.0))
+    assert run_sensitivity([copy], tmp_path, tmp_path) == []
+    assert not scan.exists()

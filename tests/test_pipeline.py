@@ -49,3 +49,21 @@ def test_run_twice_second_run_skips(tmp_path, raw_dir, tokenizer):
     assert {p.name: p.stat().st_mtime_ns for p in results.glob("*.json") if p.name in stamps} == stamps
     assert second["timings_s"]["teachers"] + second["timings_s"]["students"] < 30
     assert json.loads((results/"run_tiny.json").read_text())["preset"] == "tiny"
+    history = [json.loads(line) for line in (results/"runs_tiny.jsonl").read_text().splitlines()]
+    assert [h["timings_s"]["total"] for h in history] == [first["timings_s"]["total"], second["timings_s"]["total"]]
+
+
+def test_run_search_every_grid_point(tmp_path, raw_dir, tokenizer):
+    from legalkd.pipeline import search_table
+    preset = yaml.safe_load(tiny_preset(tmp_path, tokenizer).read_text())
+    preset["search"] = dict(model=preset["teachers"][0]["model"], max_records=16, epochs=1, grid=dict(lr=[1e-3, 3e-3], max_length=[64]))
+    path = tmp_path/"tiny.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    out, results = tmp_path/"outputs", tmp_path/"results"
+    run_pipeline(raw_dir, str(path), out, results, steps=["search"], docs=False, readme=None)
+    assert sorted(p.stem for p in (results/"search").glob("*.json")) == ["search-lr0.001-maxlength64", "search-lr0.003-maxlength64"]
+    assert not (results/"teacher.json").exists()
+    assert not list((out/"search").glob("*/checkpoints"))
+    table = search_table(results)
+    assert list(table["lr"]) in ([0.001, 0.003], [0.003, 0.001])
+    assert table["best val F1"].is_monotonic_decreasing
