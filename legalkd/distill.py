@@ -262,7 +262,7 @@ def teacher_weights_for(dcfg: DistillConfig, teacher_experiments, results_dir) -
         w = [1.0] * len(w)
     return [x / sum(w) for x in w]
 
-# %% ../nbs/03_distill.ipynb #22401216
+# %% ../nbs/03_distill.ipynb #56e99efd
 def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, results_dir="results", student: str = "from-teacher:3",
             experiment: str | None = None, teacher_experiments=None, cache_dir="outputs/cache", force: bool = False, callbacks=None, **train_overrides) -> dict:
     "Train a student with the given KD variant and write its results; skip when already done."
@@ -304,7 +304,7 @@ def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, resul
     trainer, resumed = fit(model, tok, data_dir, cfg, out_dir, trainer_cls=DistillTrainer, callbacks=callbacks, save_model=net,
                            trainer_kwargs=dict(teachers=teachers, dcfg=dcfg, teacher_weights=weights, student_ids=TokenIds.of(tok),
                                                teacher_ids=None if same else TokenIds.of(t_tok)), train_dataset=train_ds,
-                           collator=lambda b: distill_collate(b, tok.pad_token_id, t_tok.pad_token_id))
+                           collator=lambda b: distill_collate(b, tok.pad_token_id, t_tok.pad_token_id), run_config=config)
     if not trainer.is_world_process_zero(): return {}
     info = dict(spec=student, arch=net.config.model_type, layers=len(encoder_layers(net)), hidden=net.config.hidden_size,
                 checkpoint=str(Path(out_dir)/"model"), same_tokenizer=same, teacher_weights=weights,

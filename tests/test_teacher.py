@@ -67,6 +67,16 @@ def test_interrupted_training_resumes(tmp_path, data_dir, tokenizer):
     assert [h["epoch"] for h in res["history"]] == [1.0, 2.0]
 
 
+def test_changed_config_starts_over(tmp_path, data_dir, tokenizer):
+    local = save_tiny(tmp_path/"tiny", tokenizer)
+    cfg = TrainConfig(**{**SMALL, "epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", cfg, model_path=str(local), callbacks=[StopAfterSave()])
+    res = train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", cfg.update(epochs=1), model_path=str(local))
+    assert res["resumed_from"] is None
+    assert [h["epoch"] for h in res["history"]] == [1.0]
+
+
 def test_torchrun_two_processes(tmp_path, data_dir, tokenizer):
     local = save_tiny(tmp_path/"tiny", tokenizer)
     script = tmp_path/"ddp.py"
