@@ -177,3 +177,12 @@ def test_committed_results_summarise():
     table = summary_table(results)
     assert sorted(table.experiment) == sorted(r["experiment"] for r in results)
     assert table["strict micro F1"].between(0, 1).all()
+
+
+def test_committed_f1_matches_predictions():
+    from legalkd.results import load_results, rescore_predictions
+    runs = load_results(ROOT/"results") + load_results(ROOT/"results"/"search")
+    assert runs
+    for r in runs:
+        base = ROOT/"results"/("search" if r["experiment"].startswith("search-") else "")
+        assert round(rescore_predictions(base/r["predictions"])["f1"], 3) == round(r["test"]["f1"], 3), r["experiment"]
