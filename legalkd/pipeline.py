@@ -123,7 +123,7 @@ def search_table(results_dir) -> "pd.DataFrame":
     df = pd.DataFrame(rows)
     return df.sort_values("best val F1", ascending=False, ignore_index=True) if len(df) else df
 
-# %% ../nbs/06_pipeline.ipynb #c27f7937
+# %% ../nbs/06_pipeline.ipynb #bcea4a8c
 def _summary(r: dict) -> str:
     return f"{r['experiment']:<16} test F1 {r['test']['f1']:.4f}  val F1 {r['validation']['f1']:.4f}  {r['parameters'] / 1e6:.1f} M params  {r['wall_time_s'] / 60:.1f} min"
 
@@ -154,7 +154,8 @@ def run_pipeline(data="../shared/data/inlegalner/raw", preset: str = "cpu", out_
     timings["total"] = round(time.time() - t_all, 1)
     record = dict(preset=p["name"], steps=steps, timings_s=timings, **run_metadata())
     save_json_atomic(record, results_dir/f"run_{p['name']}{'_partial' if steps else ''}.json")
-    with open(results_dir/f"runs_{p['name']}.jsonl", "a", encoding="utf-8") as f: f.write(json.dumps(record) + "\n")  # every run, oldest first
+    with open(results_dir/f"runs_{p['name']}.jsonl", "a", encoding="utf-8") as f:  # one line per run, oldest first
+        f.write(json.dumps(record) + "\n")
     return record
 
 # %% ../nbs/06_pipeline.ipynb #9ea2ca6f

@@ -129,16 +129,16 @@ def training_args(cfg: TrainConfig, out_dir, **overrides) -> TrainingArguments:
     kw.update(overrides)
     return TrainingArguments(**kw)
 
-# %% ../nbs/01_teacher.ipynb #510fdec2
+# %% ../nbs/01_teacher.ipynb #f3d55b1a
 log = logging.getLogger("legalkd.train")
 
-def _checkpoints_for(out_dir: Path, ckpt_dir: Path, run_config: dict):
+def _drop_stale_checkpoints(out_dir: Path, ckpt_dir: Path, run_config: dict):
     "Delete checkpoints made with another run config, and record this one in `out_dir/run_config.json`."
     stamp = out_dir/"run_config.json"
     want = json.dumps(run_config, sort_keys=True, default=str)
     if int(os.environ.get("RANK", 0)) != 0: return
     if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text(encoding="utf-8") != want):
-        log.warning("%s: its checkpoints were made with another run config; deleting them and starting over", out_dir)
+        log.warning("%s: checkpoints were made with another run config, so they are deleted and training starts over", out_dir)
         shutil.rmtree(ckpt_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(want, encoding="utf-8")
@@ -154,7 +154,7 @@ def fit(model, tokenizer, data_dir, cfg: TrainConfig, out_dir, trainer_cls=NERTr
                           data_collator=collator or (lambda b: collate_features(b, tokenizer.pad_token_id)), processing_class=tokenizer,
                           compute_metrics=make_compute_metrics(val_ds), preprocess_logits_for_metrics=argmax_logits,
                           callbacks=callbacks, **(trainer_kwargs or {}))
-    _checkpoints_for(out_dir, Path(args.output_dir), run_config or asdict(cfg))
+    _drop_stale_checkpoints(out_dir, Path(args.output_dir), run_config or asdict(cfg))
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).exists() else None
     if last: log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
