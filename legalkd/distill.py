@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import collate_features, data_meta, tokenize_words
+from .data import LABELS, collate_features, data_meta, tokenize_words
 from .losses import HiddenProjection, attention_kl, choose_words, hidden_mse, kd_logit_loss, layer_pairs, mask_words, piece_words, token_ce
 from .models import count_parameters, encoder_layers, layer_map, load_model, load_tokenizer, resolve_model, student_from_teacher
 from .results import load_results
@@ -21,8 +21,8 @@ from .teacher import MODEL_KEYS, NERTrainer, TrainConfig, WindowDataset, eval_hi
 
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'DistillConfig', 'get_preset', 'same_vocab', 'teacher_window', 'align_words', 'DistillDataset',
-           'distill_collate', 'StudentWithProjection', 'TokenIds', 'mask_view', 'DistillTrainer', 'file_hash',
-           'teacher_logit_cache', 'build_student', 'teacher_weights_for', 'distill']
+           'distill_collate', 'cached_hidden', 'StudentWithProjection', 'TokenIds', 'mask_view', 'DistillTrainer',
+           'file_hash', 'cache_teacher_outputs', 'build_student', 'teacher_weights_for', 'distill']
 
 # %% ../nbs/03_distill.ipynb #47dfe56d
 @dataclass
@@ -40,7 +40,7 @@ class DistillConfig:
     init_from: str | None = None  # experiment whose best checkpoint initialises the student
     n_teachers: int = 1
     teacher_weights: list[float] | None = None  # None weighs teachers by their validation F1
-    cache_logits: bool = True  # reuse cached teacher logits when no teacher forward is needed anyway
+    cache_teacher: bool = True  # reuse cached teacher logits and hidden states of the unmasked training data
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-4))
 
     @property
@@ -51,8 +51,7 @@ PRESETS = {
     "ce-only": DistillConfig(),
     "kd-v1": DistillConfig(alpha_ce=0.0, alpha_kd=1.0, temperature=2.0),
     "kd-v2": DistillConfig(alpha_ce=1.0, alpha_kd=1.0, alpha_inter=1.0),
-    "kd-v3-stage1": DistillConfig(alpha_ce=0.0, alpha_kd=1.0, alpha_inter=1.0, mask_prob=0.15, n_views=2, cache_logits=False,
-                                  train=TrainConfig(epochs=1, lr=1e-4)),
+    "kd-v3-stage1": DistillConfig(alpha_ce=0.0, alpha_kd=1.0, alpha_inter=1.0, mask_prob=0.15, n_views=2, train=TrainConfig(epochs=1, lr=1e-4)),
     "kd-v3-stage2": DistillConfig(alpha_ce=1.0, alpha_kd=1.0, alpha_inter=1.0, init_from="kd-v3-stage1"),
     "multi-teacher": DistillConfig(alpha_ce=1.0, alpha_kd=1.0, alpha_inter=1.0, n_teachers=2),
 }
@@ -89,33 +88,42 @@ def align_words(s_word_ids: torch.Tensor, t_word_ids: torch.Tensor):
 
 # %% ../nbs/03_distill.ipynb #b751f03b
 class DistillDataset(WindowDataset):
-    "Training windows plus teacher inputs (other vocabulary) and cached teacher logits."
-    def __init__(self, records, tokenizer, max_length=256, stride=64, teacher_tokenizer=None, logit_cache=None, teacher_max_length=512):
+    "Training windows plus teacher inputs (other vocabulary) and cached teacher outputs."
+    def __init__(self, records, tokenizer, max_length=256, stride=64, teacher_tokenizer=None, teacher_cache=None, teacher_max_length=512):
         super().__init__(records, tokenizer, max_length, stride)
-        self.teacher_tokenizer, self.logit_cache, self.teacher_max_length = teacher_tokenizer, logit_cache, teacher_max_length
+        self.teacher_tokenizer, self.teacher_cache, self.teacher_max_length = teacher_tokenizer, teacher_cache, teacher_max_length
     def __getitem__(self, i):
         f = dict(self.features[i])
-        if self.logit_cache is not None:
+        if self.teacher_cache is not None:
             wid = torch.tensor(f["word_ids"])
-            t = self.logit_cache[f["record_index"]][wid.clamp(min=0)].float()
-            t[wid < 0] = 0.0
-            f["teacher_logits"] = t
+            t = self.teacher_cache[f["record_index"]][wid.clamp(min=0)]
+            t[wid < 0] = 0
+            f["teacher_logits"] = t[:, :len(LABELS)].float()
+            if t.size(1) > len(LABELS): f["teacher_hidden"] = t[:, len(LABELS):]
         if self.teacher_tokenizer is not None:
             f.update(teacher_window(self.records[f["record_index"]]["words"], f["word_start"], f["word_end"], self.teacher_tokenizer, self.teacher_max_length))
         return f
 
 # %% ../nbs/03_distill.ipynb #60a97074
 def distill_collate(features, pad_token_id: int = 0, teacher_pad_id: int = 0) -> dict:
-    "Pad distillation windows: the plain fields, then cached teacher logits and teacher tokens."
+    "Pad distillation windows: the plain fields, then cached teacher outputs and teacher tokens."
     batch = collate_features(features, pad_token_id)
-    if "teacher_logits" in features[0]:
-        batch["teacher_logits"] = torch.nn.utils.rnn.pad_sequence([f["teacher_logits"] for f in features], batch_first=True)
+    for key in ("teacher_logits", "teacher_hidden"):
+        if key in features[0]: batch[key] = torch.nn.utils.rnn.pad_sequence([f[key] for f in features], batch_first=True)
     if "t_input_ids" in features[0]:
         m = max(len(f["t_input_ids"]) for f in features)
         batch["t_input_ids"] = torch.tensor([f["t_input_ids"] + [teacher_pad_id] * (m - len(f["t_input_ids"])) for f in features])
         batch["t_attention_mask"] = torch.tensor([[1] * len(f["t_input_ids"]) + [0] * (m - len(f["t_input_ids"])) for f in features])
         batch["t_word_ids"] = torch.tensor([f["t_word_ids"] + [-1] * (m - len(f["t_word_ids"])) for f in features])
     return batch
+
+# %% ../nbs/03_distill.ipynb #d58872a2
+def cached_hidden(hidden, lmap: list[int]) -> list | None:
+    "Cached hidden states `(batch, length, k * width)` as a per-layer list, teacher layer `lmap[k]` at index `lmap[k] + 1`."
+    if hidden is None: return None
+    out = [None] * (max(lmap) + 2)
+    for t, h in zip(lmap, hidden.chunk(len(lmap), dim=-1)): out[t + 1] = h
+    return out
 
 # %% ../nbs/03_distill.ipynb #51a91d93
 class StudentWithProjection(nn.Module):
@@ -183,7 +191,7 @@ class DistillTrainer(NERTrainer):
         t_ids, t_am, t_wids = (ids, am, wids) if same else (inputs["t_input_ids"], inputs["t_attention_mask"], inputs["t_word_ids"])
         augment = d.mask_prob > 0
         need_hidden, need_attn = d.alpha_inter > 0, d.alpha_attn > 0
-        use_cache = "teacher_logits" in inputs and not augment and not need_hidden and not need_attn
+        use_cache = "teacher_logits" in inputs and not augment and not need_attn and (not need_hidden or "teacher_hidden" in inputs)
         if same or use_cache: s_i = t_i = (wids >= 0).reshape(-1).nonzero().squeeze(-1)
         else: s_i, t_i = (x.to(ids.device) for x in align_words(wids, t_wids))
         flat = lambda x, i: x.reshape(-1, x.size(-1))[i]
@@ -202,12 +210,12 @@ class DistillTrainer(NERTrainer):
             if d.alpha_ce > 0: loss = loss + d.alpha_ce * token_ce(out.logits, labels)
 
             if d.uses_teacher:
-                if use_cache: t_logits, t_hidden, t_attn = inputs["teacher_logits"], None, None
+                if use_cache: t_logits, t_hidden, t_attn = inputs["teacher_logits"], cached_hidden(inputs.get("teacher_hidden"), self.layer_map), None
                 else: t_logits, t_hidden, t_attn = self.teacher_outputs(v_t_ids, t_am, need_hidden, need_attn)
                 if d.alpha_kd > 0: loss = loss + d.alpha_kd * kd_logit_loss(flat(out.logits, s_i), flat(t_logits, t_i), d.temperature)
                 if need_hidden:
                     s_h = [flat(h, s_i) for h in out.hidden_states]
-                    t_h = [flat(h, t_i) for h in t_hidden]
+                    t_h = [None if h is None else flat(h, t_i) for h in t_hidden]
                     loss = loss + d.alpha_inter * hidden_mse(s_h, t_h, layer_pairs(self.layer_map), projection)
                 if need_attn:
                     if not same: raise ValueError("attention transfer needs the same tokenizer for teacher and student; set alpha_attn=0")
@@ -225,22 +233,23 @@ def file_hash(path, chunk: int = 1 << 20) -> str:
         for b in iter(lambda: f.read(chunk), b""): h.update(b)
     return h.hexdigest()
 
-def teacher_logit_cache(teacher_dir, data_dir, cfg: TrainConfig, cache_dir="outputs/cache") -> list[torch.Tensor]:
-    "Per-word teacher logits of the training split, loaded from the cache or computed and stored (fp16)."
+def cache_teacher_outputs(teacher_dir, data_dir, cfg: TrainConfig, hidden_layers=(), cache_dir="outputs/cache") -> list[torch.Tensor]:
+    "Per-word teacher logits of the training split, then the listed hidden states, loaded from the cache or computed and stored (fp16)."
     teacher_dir = Path(teacher_dir)
     weights = next(iter(sorted(teacher_dir.glob("*.safetensors"))), None)
     if weights is None: raise FileNotFoundError(f"{teacher_dir}: no *.safetensors weights; is this a trained teacher folder?")
-    key = hashlib.sha256(json.dumps([data_meta(data_dir)["raw_hash"], file_hash(weights), cfg.max_length, cfg.stride, cfg.max_records]).encode()).hexdigest()[:16]
-    path = Path(cache_dir)/f"teacher-logits-{key}.pt"
+    key = [data_meta(data_dir)["raw_hash"], file_hash(weights), cfg.max_length, cfg.stride, cfg.max_records, list(hidden_layers)]
+    path = Path(cache_dir)/f"teacher-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.pt"
     if path.exists():
-        log.info("reusing teacher logits %s", path)
+        log.info("reusing teacher outputs %s", path)
         return torch.load(path)
     teacher, tok = load_model(str(teacher_dir)), load_tokenizer(str(teacher_dir))
-    logits = predict_words(teacher, tok, load_split(data_dir, "train", cfg.max_records), cfg.max_length, cfg.stride, cfg.eval_batch_size, cfg.bf16, progress=True)
-    logits = [l.half() for l in logits]
+    outs = predict_words(teacher, tok, load_split(data_dir, "train", cfg.max_records), cfg.max_length, cfg.stride, cfg.eval_batch_size, cfg.bf16,
+                         progress=True, hidden_layers=hidden_layers)
+    outs = [o.half() for o in outs]
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(logits, path.with_suffix(".tmp")); os.replace(path.with_suffix(".tmp"), path)
-    return logits
+    torch.save(outs, path.with_suffix(".tmp")); os.replace(path.with_suffix(".tmp"), path)
+    return outs
 
 # %% ../nbs/03_distill.ipynb #29478483
 def build_student(spec: str, teacher_dir):
@@ -290,16 +299,17 @@ def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, resul
     same = same_vocab(tok, t_tok)
     weights = teacher_weights_for(dcfg, teacher_experiments, results_dir) if teachers else [1.0]
     cache = None
-    if teachers and dcfg.cache_logits and same and dcfg.alpha_inter == 0 and dcfg.alpha_attn == 0 and dcfg.mask_prob == 0:
-        caches = [teacher_logit_cache(p, data_dir, cfg, cache_dir) for p in teacher_dirs]
-        cache = [sum(w * c[i].float() for w, c in zip(weights, caches)).half() for i in range(len(caches[0]))]
+    if teachers and dcfg.cache_teacher and same and dcfg.alpha_attn == 0 and dcfg.mask_prob == 0:
+        lmap = dcfg.layer_map or layer_map(len(encoder_layers(teachers[0])), len(encoder_layers(net)))
+        caches = [cache_teacher_outputs(p, data_dir, cfg, [t + 1 for t in lmap], cache_dir) for p in teacher_dirs]
+        cache = caches[0] if len(caches) == 1 else [sum(w * c[i].float() for w, c in zip(weights, caches)).half() for i in range(len(caches[0]))]
     model = net
     if teachers and dcfg.alpha_inter > 0:
         t_dim, s_dim = teachers[0].config.hidden_size, net.config.hidden_size
         if dcfg.projection or (dcfg.projection is None and t_dim != s_dim):
             model = StudentWithProjection(net, HiddenProjection(len(encoder_layers(net)), s_dim, t_dim))
     train_ds = DistillDataset(load_split(data_dir, "train", cfg.max_records), tok, cfg.max_length, cfg.stride,
-                              teacher_tokenizer=None if same else t_tok, logit_cache=cache)
+                              teacher_tokenizer=None if same else t_tok, teacher_cache=cache)
     start = time.time()
     trainer, resumed = fit(model, tok, data_dir, cfg, out_dir, trainer_cls=DistillTrainer, callbacks=callbacks, save_model=net,
                            trainer_kwargs=dict(teachers=teachers, dcfg=dcfg, teacher_weights=weights, student_ids=TokenIds.of(tok),

@@ -7,21 +7,21 @@ Docs: https://legalkd.github.io/legalkd/pipeline.html.md"""
 # %% ../nbs/06_pipeline.ipynb #41fcf399
 from __future__ import annotations
 import copy, itertools, json, logging, shutil, time
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from .data import prepare_data
-from .distill import PRESETS, distill, get_preset
+from .distill import PRESETS, DistillConfig, distill, get_preset
 from .results import load_results, run_metadata, save_json_atomic
 from .teacher import TrainConfig, train_teacher
 
 # %% auto #0
 __all__ = ['log', 'MERGED_SECTIONS', 'README_START', 'README_END', 'preset_path', 'load_preset', 'train_config', 'run_teachers',
-           'run_students', 'best_student', 'search_points', 'run_search', 'search_table', 'run_pipeline',
-           'update_readme', 'readme_to_index']
+           'variant_config', 'run_students', 'best_student', 'search_points', 'run_search', 'search_table',
+           'run_pipeline', 'update_readme', 'readme_to_index']
 
 # %% ../nbs/06_pipeline.ipynb #e3b00717
 log = logging.getLogger("legalkd.pipeline")
@@ -68,6 +68,14 @@ def run_teachers(preset: dict, data_dir, out_dir, results_dir, only=None) -> lis
                                  train_config(preset, **over), model_path=t.get("model_path")))
     return res
 
+def variant_config(name: str, preset: dict, over: dict | None = None) -> DistillConfig:
+    "Variant `name` with its preset overrides: `DistillConfig` fields replace the variant's, the rest go to its training config."
+    over = over or {}
+    kd_fields = {f.name for f in fields(DistillConfig)} - {"train"}
+    dcfg = get_preset(name, **{k: v for k, v in over.items() if k in kd_fields})
+    train = {**asdict(dcfg.train), **preset.get("train", {}), **{k: v for k, v in over.items() if k not in kd_fields}}
+    return replace(dcfg, train=dcfg.train.update(**train))
+
 def run_students(preset: dict, data_dir, out_dir, results_dir, only=None) -> list[dict]:
     "Run (or reuse) every KD variant of the preset, in order."
     teachers = preset["teachers"]
@@ -75,10 +83,8 @@ def run_students(preset: dict, data_dir, out_dir, results_dir, only=None) -> lis
     res = []
     for name, over in (preset.get("variants") or {}).items():
         if only and name not in only: continue
-        dcfg = get_preset(name)
-        merged = {**asdict(dcfg.train), **preset.get("train", {}), **(over or {})}
-        res.append(distill(name, t_dirs, data_dir, Path(out_dir)/name, results_dir, student=preset["student"],
-                           teacher_experiments=[t["experiment"] for t in teachers], cache_dir=Path(out_dir)/"cache", **merged))
+        res.append(distill(variant_config(name, preset, over), t_dirs, data_dir, Path(out_dir)/name, results_dir, experiment=name, student=preset["student"],
+                           teacher_experiments=[t["experiment"] for t in teachers], cache_dir=Path(out_dir)/"cache"))
     return res
 
 # %% ../nbs/06_pipeline.ipynb #57c46681

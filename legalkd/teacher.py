@@ -64,17 +64,20 @@ class WindowDataset(torch.utils.data.Dataset):
 
 # %% ../nbs/01_teacher.ipynb #d71e36ac
 @torch.no_grad()
-def predict_words(model, tokenizer, records, max_length=256, stride=64, batch_size=64, bf16=False, progress=False) -> list[torch.Tensor]:
-    "Per-word logits `(n_words, n_labels)` for each record, merged from overlapping windows."
+def predict_words(model, tokenizer, records, max_length=256, stride=64, batch_size=64, bf16=False, progress=False,
+                  hidden_layers=()) -> list[torch.Tensor]:
+    "Per-word logits `(n_words, n_labels)` for each record, merged from overlapping windows; `hidden_layers` appends those hidden states."
     model.eval()
     device = next(model.parameters()).device
     feats = tokenize_records(records, tokenizer, max_length, stride)
-    logits = [None] * len(feats)
+    outs = [None] * len(feats)
     for idx, batch in iter_batches(feats, batch_size, tokenizer.pad_token_id, progress, desc="predict"):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
-        for j, i in enumerate(idx): logits[i] = out[j]
-    merged = merge_windows(feats, logits, [len(r["words"]) for r in records])
+            o = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device), output_hidden_states=bool(hidden_layers))
+        x = torch.cat([o.logits] + [o.hidden_states[k] for k in hidden_layers], -1).cpu()
+        x = x.half() if hidden_layers else x.float()  # hidden states are wide: fp16 halves the memory of a cache pass
+        for j, i in enumerate(idx): outs[i] = x[j, :len(feats[i]["input_ids"])].clone()
+    merged = merge_windows(feats, outs, [len(r["words"]) for r in records])
     return [torch.stack(row) for row in merged]
 
 def logits_to_tags(word_logits) -> list[list[str]]:
@@ -137,7 +140,7 @@ def _drop_stale_checkpoints(out_dir: Path, ckpt_dir: Path, run_config: dict):
     stamp = out_dir/"run_config.json"
     want = json.dumps(run_config, sort_keys=True, default=str)
     if int(os.environ.get("RANK", 0)) != 0: return
-    if ckpt_dir.exists() and (not stamp.exists() or stamp.read_text(encoding="utf-8") != want):
+    if any(ckpt_dir.glob("checkpoint-*")) and (not stamp.exists() or stamp.read_text(encoding="utf-8") != want):
         log.warning("%s: checkpoints were made with another run config, so they are deleted and training starts over", out_dir)
         shutil.rmtree(ckpt_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from transformers import BertTokenizerFast, TrainingArguments
 
 from conftest import SMALL, save_tiny
-from legalkd.distill import (DistillConfig, DistillTrainer, PRESETS, StudentWithProjection, TokenIds, align_words, distill,
-                             get_preset, same_vocab, teacher_window)
+from legalkd.distill import (DistillConfig, DistillTrainer, PRESETS, StudentWithProjection, TokenIds, align_words, cache_teacher_outputs,
+                             distill, get_preset, same_vocab, teacher_window)
 from legalkd.losses import HiddenProjection, hidden_mse, kd_logit_loss, layer_pairs, token_ce
 from legalkd.models import layer_map, tiny_model
 
@@ -76,6 +76,41 @@ def test_kd_ignores_padding_and_later_wordpieces(tmp_path, tokenizer):
     assert loss_a.item() == pytest.approx(kd_logit_loss(out[pos], t_logits[pos], 2.0).item(), rel=1e-5)
 
 
+def test_cached_teacher_outputs_give_the_live_loss(tmp_path, tokenizer):
+    trainer = make_trainer(tmp_path, tokenizer, DistillConfig(alpha_ce=1.0, alpha_kd=1.0, alpha_inter=1.0))
+    trainer.model.train()
+    for m in trainer.model.modules():
+        if isinstance(m, torch.nn.Dropout): m.p = 0.0
+    b = batch(tokenizer)
+    live = trainer.compute_loss(trainer.model, b)
+    with torch.no_grad():
+        out = trainer.teachers[0](input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+    hidden = torch.cat([out.hidden_states[t + 1] for t in trainer.layer_map], -1)
+    cached = trainer.compute_loss(trainer.model, {**b, "teacher_logits": out.logits, "teacher_hidden": hidden})
+    assert cached.item() == pytest.approx(live.item(), rel=1e-5)
+    wrong = trainer.compute_loss(trainer.model, {**b, "teacher_logits": out.logits, "teacher_hidden": hidden.flip(-1)})
+    assert wrong.item() != pytest.approx(live.item(), rel=1e-3)
+
+
+def test_cache_rows_match_the_teacher_on_a_short_record(tmp_path, data_dir, tokenizer):
+    from legalkd.data import LABELS, tokenize_records
+    from legalkd.teacher import TrainConfig, load_split
+    teacher = save_tiny(tmp_path/"teacher"/"model", tokenizer, layers=4, seed=3)
+    cfg = TrainConfig(max_records=12, max_length=64, stride=16, bf16=False)
+    cache = cache_teacher_outputs(teacher, data_dir, cfg, hidden_layers=[2, 4], cache_dir=tmp_path/"cache")
+    recs = load_split(data_dir, "train", 12)
+    i = next(k for k, r in enumerate(recs) if len(tokenize_records([r], tokenizer, 64, 16)) == 1)  # a record that fits one window
+    f = tokenize_records([recs[i]], tokenizer, 64, 16)[0]
+    model = tiny_model("bert", layers=4, vocab_size=len(tokenizer), seed=3).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([f["input_ids"]]), output_hidden_states=True)
+    first = torch.tensor(f["word_ids"]) >= 0
+    first &= torch.tensor(f["owned"]).bool()
+    expected = torch.cat([out.logits[0], out.hidden_states[2][0], out.hidden_states[4][0]], -1)[first]
+    assert cache[i].shape == (len(recs[i]["words"]), len(LABELS) + 2 * 32)
+    torch.testing.assert_close(cache[i].float(), expected, atol=2e-2, rtol=1e-2)
+
+
 def test_masking_views_change_only_word_pieces(tmp_path, tokenizer):
     from legalkd.distill import mask_view
     b = batch(tokenizer)
@@ -133,7 +168,8 @@ def test_every_preset_runs_and_stage2_starts_from_stage1(tmp_path, data_dir, tok
         assert res["model"]["layers"] == 2
         assert res["config"]["teacher"] == "teacher"
         if v == "kd-v3-stage2": assert res["model"]["init_from"] == str(tmp_path/"kd-v3-stage1"/"model")
-    assert len(list((tmp_path/"cache").glob("teacher-logits-*.pt"))) == 1  # kd-v1 cached the first teacher only
+    # kd-v1, kd-v2 and kd-v3-stage2 share one cache of the first teacher; multi-teacher adds one of the second
+    assert len(list((tmp_path/"cache").glob("teacher-*.pt"))) == 2
     multi = distill("multi-teacher", teachers, data_dir, tmp_path/"multi-teacher", tmp_path/"results", student="from-teacher:2", **SMALL)
     assert len(multi["model"]["teacher_weights"]) == 2
 
