@@ -95,21 +95,24 @@ def best_student(results_dir) -> dict | None:
 
 # %% ../nbs/06_pipeline.ipynb #b9100db9
 def search_points(preset: dict) -> dict[str, dict]:
-    "Name and training overrides of every point of the preset's search grid."
+    "Name and training overrides of every point of the preset's search grid and of its `full_split` points."
     s = preset.get("search") or {}
     keys = sorted(s.get("grid") or {})
     points = {}
     for vals in itertools.product(*(s["grid"][k] for k in keys)):
         over = dict(zip(keys, vals))
-        points["search-" + "-".join(f"{k.replace('_', '')}{v:g}" for k, v in over.items())] = over
+        name = "search-" + "-".join(f"{k.replace('_', '')}{v:g}" for k, v in over.items())
+        points[name] = dict(epochs=s.get("epochs"), max_records=s.get("max_records"), **over)
+    for over in s.get("full_split") or []:
+        points["search-full-" + "-".join(f"{k.replace('_', '')}{v:g}" for k, v in sorted(over.items()))] = dict(over)
     return points
 
 def run_search(preset: dict, data_dir, out_dir, results_dir, only=None) -> list[dict]:
-    "Fine-tune one teacher per search point on a training share; keep results and model, drop checkpoints."
+    "Fine-tune one teacher per search point; keep results and model, drop checkpoints."
     s, res = preset["search"], []
     for name, over in search_points(preset).items():
         if only and name not in only and "search" not in only: continue
-        cfg = train_config(preset, epochs=s["epochs"], max_records=s["max_records"], seed=s.get("seed", 42), **over)
+        cfg = train_config(preset, seed=s.get("seed", 42), **over)
         out = Path(out_dir)/"search"/name
         res.append(train_teacher(s.get("model", "minilm-l6"), data_dir, out, Path(results_dir)/"search", name, cfg))
         shutil.rmtree(out/"checkpoints", ignore_errors=True)
@@ -122,7 +125,7 @@ def search_table(results_dir) -> "pd.DataFrame":
     rows = []
     for r in load_results(Path(results_dir)/"search"):
         c = r["config"]
-        row = {"lr": c["lr"], "max_length": c["max_length"], "train records": c["max_records"]}
+        row = {"lr": c["lr"], "max_length": c["max_length"], "train records": c["max_records"] or "all", "epochs": c["epochs"]}
         row.update({f"val F1 ep {h['epoch']:g}": round(h["val_f1"], 4) for h in r["history"]})
         row.update({"best val F1": round(r["validation"]["f1"], 4), "test F1": round(r["test"]["f1"], 4)})
         rows.append(row)

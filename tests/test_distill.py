@@ -76,7 +76,7 @@ def test_kd_ignores_padding_and_later_wordpieces(tmp_path, tokenizer):
     assert loss_a.item() == pytest.approx(kd_logit_loss(out[pos], t_logits[pos], 2.0).item(), rel=1e-5)
 
 
-def test_cached_teacher_outputs_give_the_live_loss(tmp_path, tokenizer):
+def test_cached_outputs_match_live_loss(tmp_path, tokenizer):
     trainer = make_trainer(tmp_path, tokenizer, DistillConfig(alpha_ce=1.0, alpha_kd=1.0, alpha_inter=1.0))
     trainer.model.train()
     for m in trainer.model.modules():
@@ -92,7 +92,7 @@ def test_cached_teacher_outputs_give_the_live_loss(tmp_path, tokenizer):
     assert wrong.item() != pytest.approx(live.item(), rel=1e-3)
 
 
-def test_cache_rows_match_the_teacher_on_a_short_record(tmp_path, data_dir, tokenizer):
+def test_cache_rows_match_teacher(tmp_path, data_dir, tokenizer):
     from legalkd.data import LABELS, tokenize_records
     from legalkd.teacher import TrainConfig, load_split
     teacher = save_tiny(tmp_path/"teacher"/"model", tokenizer, layers=4, seed=3)

@@ -56,14 +56,18 @@ def test_run_twice_second_run_skips(tmp_path, raw_dir, tokenizer):
 def test_run_search_every_grid_point(tmp_path, raw_dir, tokenizer):
     from legalkd.pipeline import search_table
     preset = yaml.safe_load(tiny_preset(tmp_path, tokenizer).read_text())
-    preset["search"] = dict(model=preset["teachers"][0]["model"], max_records=16, epochs=1, grid=dict(lr=[1e-3, 3e-3], max_length=[64]))
+    preset["search"] = dict(model=preset["teachers"][0]["model"], max_records=16, epochs=1, grid=dict(lr=[1e-3, 3e-3], max_length=[64]),
+                            full_split=[dict(epochs=2)])
     path = tmp_path/"tiny.yaml"
     path.write_text(yaml.safe_dump(preset))
     out, results = tmp_path/"outputs", tmp_path/"results"
     run_pipeline(raw_dir, str(path), out, results, steps=["search"], docs=False, readme=None)
-    assert sorted(p.stem for p in (results/"search").glob("*.json")) == ["search-lr0.001-maxlength64", "search-lr0.003-maxlength64"]
+    assert sorted(p.stem for p in (results/"search").glob("*.json")) == ["search-full-epochs2", "search-lr0.001-maxlength64", "search-lr0.003-maxlength64"]
     assert not (results/"teacher.json").exists()
     assert not list((out/"search").glob("*/checkpoints"))
     table = search_table(results)
-    assert list(table["lr"]) in ([0.001, 0.003], [0.003, 0.001])
+    assert sorted(table["lr"]) == [0.0002, 0.001, 0.003]  # the full-split point keeps the preset's learning rate
+    full = table[table["epochs"] == 2].iloc[0]
+    assert full["train records"] == 24  # the preset's own training split, capped at 24 records here
+    assert full["val F1 ep 2"] == full["val F1 ep 2"]  # not NaN: both epochs were scored
     assert table["best val F1"].is_monotonic_decreasing
