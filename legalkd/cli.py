@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="preset name (cpu, quick, legalbert) or YAML file (default: cpu)")
     p.add_argument("--out", default="outputs", help="folder for prepared data, checkpoints and caches (default: outputs)")
     p.add_argument("--results", default="results", help="folder for results, predictions and figures (default: results)")
-    p.add_argument("--steps", default=None, help="comma-separated experiments to run (default: all steps)")
+    p.add_argument("--steps", default=None, help="comma-separated experiment names to train, such as teacher,kd-v2; `search` runs the schedule search and a search point's name runs that point (default: the whole run)")
     p.add_argument("--no-docs", action="store_true", help="skip building the docs site")
     p.set_defaults(func=_run)
 

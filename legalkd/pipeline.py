@@ -69,7 +69,7 @@ def run_teachers(preset: dict, data_dir, out_dir, results_dir, only=None) -> lis
     return res
 
 def variant_config(name: str, preset: dict, over: dict | None = None) -> DistillConfig:
-    "Variant `name` with its preset overrides: `DistillConfig` fields replace the variant's, the rest go to its training config."
+    "Variant `name` as the preset runs it: the preset's `train` section, then the variant's own overrides of `DistillConfig` or training fields."
     over = over or {}
     kd_fields = {f.name for f in fields(DistillConfig)} - {"train"}
     dcfg = get_preset(name, **{k: v for k, v in over.items() if k in kd_fields})
