@@ -22,7 +22,7 @@ from .teacher import MODEL_KEYS, NERTrainer, TrainConfig, WindowDataset, eval_hi
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'DistillConfig', 'get_preset', 'same_vocab', 'teacher_window', 'align_words', 'DistillDataset',
            'distill_collate', 'cached_hidden', 'StudentWithProjection', 'TokenIds', 'mask_view', 'DistillTrainer',
-           'file_hash', 'cache_teacher_outputs', 'build_student', 'teacher_weights_for', 'distill']
+           'file_hash', 'cache_teacher_outputs', 'build_student', 'teacher_weights_for', 'newer_inputs', 'distill']
 
 # %% ../nbs/03_distill.ipynb #47dfe56d
 @dataclass
@@ -271,6 +271,13 @@ def teacher_weights_for(dcfg: DistillConfig, teacher_experiments, results_dir) -
         w = [1.0] * len(w)
     return [x / sum(w) for x in w]
 
+# %% ../nbs/03_distill.ipynb #5fc4cc3a
+def newer_inputs(results_dir, experiment: str, inputs) -> list[str]:
+    "Experiments among `inputs` whose results were written after those of `experiment`."
+    own = load_results(results_dir, experiment)
+    if not own: return []
+    return [name for name in inputs if (r := load_results(results_dir, name)) and r["created"] > own["created"]]
+
 # %% ../nbs/03_distill.ipynb #56e99efd
 def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, results_dir="results", student: str = "from-teacher:3",
             experiment: str | None = None, teacher_experiments=None, cache_dir="outputs/cache", force: bool = False, callbacks=None, **train_overrides) -> dict:
@@ -284,9 +291,14 @@ def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, resul
     teacher_experiments = list(teacher_experiments or [p.parent.name for p in teacher_dirs])[:len(teacher_dirs)]
     config = dict(variant=experiment, distill=asdict(dcfg), student=student, teacher=teacher_experiments[0],
                   teachers=[str(p) for p in teacher_dirs], teacher_experiments=teacher_experiments)
-    if not force and is_done(results_dir, experiment, config, data_dir) and (Path(out_dir)/"model").exists():
+    inputs = teacher_experiments + ([dcfg.init_from] if dcfg.init_from else [])
+    newer = newer_inputs(results_dir, experiment, inputs)
+    if newer: log.info("%s: %s changed after it was trained, so it trains again", experiment, ", ".join(newer))
+    elif not force and is_done(results_dir, experiment, config, data_dir) and (Path(out_dir)/"model").exists():
         log.info("%s: results are up to date, skipping", experiment)
         return load_results(results_dir, experiment)
+    # the inputs' stamps make checkpoints of a run on older inputs stale, so training restarts instead of resuming them
+    stamps = {name: r["created"] for name in inputs if (r := load_results(results_dir, name))}
     torch.manual_seed(cfg.seed)
     net, tok = build_student(student, teacher_dirs[0])
     init_dir = None
@@ -314,7 +326,7 @@ def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, resul
     trainer, resumed = fit(model, tok, data_dir, cfg, out_dir, trainer_cls=DistillTrainer, callbacks=callbacks, save_model=net,
                            trainer_kwargs=dict(teachers=teachers, dcfg=dcfg, teacher_weights=weights, student_ids=TokenIds.of(tok),
                                                teacher_ids=None if same else TokenIds.of(t_tok)), train_dataset=train_ds,
-                           collator=lambda b: distill_collate(b, tok.pad_token_id, t_tok.pad_token_id), run_config=config)
+                           collator=lambda b: distill_collate(b, tok.pad_token_id, t_tok.pad_token_id), run_config=dict(config, inputs_created=stamps))
     if not trainer.is_world_process_zero(): return {}
     info = dict(spec=student, arch=net.config.model_type, layers=len(encoder_layers(net)), hidden=net.config.hidden_size,
                 checkpoint=str(Path(out_dir)/"model"), same_tokenizer=same, teacher_weights=weights,

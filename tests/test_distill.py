@@ -177,3 +177,19 @@ def test_every_preset_runs_and_stage2_starts_from_stage1(tmp_path, data_dir, tok
 def test_unknown_variant_lists_known_ones():
     with pytest.raises(KeyError, match="known variants: ce-only"):
         get_preset("kd-v9")
+
+
+def test_student_retrains_after_new_teacher(tmp_path, data_dir, tokenizer):
+    import time
+    from legalkd.teacher import TrainConfig, train_teacher
+    results = tmp_path/"results"
+    train_teacher("minilm-l6", data_dir, tmp_path/"teacher", results, "teacher", TrainConfig(**SMALL), model_obj=tiny_model("bert", layers=4))
+    first = distill("ce-only", [tmp_path/"teacher"/"model"], data_dir, tmp_path/"ce-only", results, student="from-teacher:2", **SMALL)
+    again = distill("ce-only", [tmp_path/"teacher"/"model"], data_dir, tmp_path/"ce-only", results, student="from-teacher:2", **SMALL)
+    assert again["created"] == first["created"]  # nothing changed: skipped
+    time.sleep(1.1)  # results stamps have one-second resolution
+    train_teacher("minilm-l6", data_dir, tmp_path/"teacher", results, "teacher", TrainConfig(**SMALL), model_obj=tiny_model("bert", layers=4, seed=5),
+                  force=True)
+    retrained = distill("ce-only", [tmp_path/"teacher"/"model"], data_dir, tmp_path/"ce-only", results, student="from-teacher:2", **SMALL)
+    assert retrained["created"] > first["created"]
+    assert retrained["resumed_from"] is None  # the old run's checkpoints were not resumed
