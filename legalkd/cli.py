@@ -38,7 +38,14 @@ def _distill(a):
 
 def _run(a):
     from legalkd.pipeline import run_pipeline
-    rec = run_pipeline(a.data, a.preset, a.out, a.results, steps=a.steps.split(",") if a.steps else None, docs=not a.no_docs)
+    name = Path(a.preset).stem
+    study = name == "cpu"  # only the default study writes to the top-level folders and the README table
+    out = a.out or ("outputs" if study else f"outputs/{name}")
+    results = a.results or ("results" if study else f"results/{name}")
+    readme = a.readme or ("README.md" if study and Path("README.md").exists() else None)
+    docs = not a.no_docs and Path("nbs").is_dir()
+    if not a.no_docs and not docs: print("no nbs/ folder here, so the docs site is not built; run from the repository root to build it")
+    rec = run_pipeline(a.data, a.preset, out, results, steps=a.steps.split(",") if a.steps else None, docs=docs, readme=readme)
     print("step times (s):", rec["timings_s"])
 
 # %% ../nbs/08_cli.ipynb #a49f4c87
@@ -93,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the whole study: data, teachers, variants, compression, benchmark, figures, docs")
     p.add_argument("--data", default="../shared/data/inlegalner/raw", help="raw data source: release JSON folder, CoNLL folder or `hf` (default: ../shared/data/inlegalner/raw)")
     p.add_argument("--preset", default="cpu", help="preset name (cpu, quick, legalbert) or YAML file (default: cpu)")
-    p.add_argument("--out", default="outputs", help="folder for prepared data, checkpoints and caches (default: outputs)")
-    p.add_argument("--results", default="results", help="folder for results, predictions and figures (default: results)")
+    p.add_argument("--out", default=None, help="folder for prepared data, checkpoints and caches (default: outputs for the cpu preset, outputs/PRESET otherwise)")
+    p.add_argument("--results", default=None, help="folder for results, predictions and figures (default: results for the cpu preset, results/PRESET otherwise)")
+    p.add_argument("--readme", default=None, help="README whose results block is rewritten (default: ./README.md for the cpu preset when it exists, none otherwise)")
     p.add_argument("--steps", default=None, help="comma-separated experiment names to train, such as teacher,kd-v2; `search` runs the schedule search and a search point's name runs that point (default: the whole run)")
     p.add_argument("--no-docs", action="store_true", help="skip building the docs site")
     p.set_defaults(func=_run)

@@ -71,3 +71,17 @@ def test_run_search_every_grid_point(tmp_path, raw_dir, tokenizer):
     assert full["train records"] == 24  # the preset's own training split, capped at 24 records here
     assert full["val F1 ep 2"] == full["val F1 ep 2"]  # not NaN: both epochs were scored
     assert table["best val F1"].is_monotonic_decreasing
+
+
+def test_cli_run_outside_repository(tmp_path, raw_dir, tokenizer, monkeypatch, capsys):
+    from legalkd.cli import main
+    preset = tiny_preset(tmp_path, tokenizer)
+    work = tmp_path/"elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    main(["run", "--data", str(raw_dir), "--preset", str(preset)])
+    assert (work/"results"/"tiny"/"teacher.json").exists()  # a preset other than cpu keeps to its own folders
+    assert (work/"outputs"/"tiny"/"teacher"/"model").exists()
+    assert not (work/"results"/"teacher.json").exists()
+    assert not (work/"README.md").exists()
+    assert "docs site is not built" in capsys.readouterr().out
