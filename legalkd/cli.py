@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for prepared data, checkpoints and caches (default: outputs for the cpu preset, outputs/PRESET otherwise)")
     p.add_argument("--results", default=None, help="folder for results, predictions and figures (default: results for the cpu preset, results/PRESET otherwise)")
     p.add_argument("--readme", default=None, help="README whose results block is rewritten (default: ./README.md for the cpu preset when it exists, none otherwise)")
-    p.add_argument("--steps", default=None, help="comma-separated experiment names to train, such as teacher,kd-v2; `search` runs the schedule search and a search point's name runs that point (default: the whole run)")
+    p.add_argument("--steps", default=None, help="comma-separated experiment names to train, such as teacher,kd-v2. `search` runs the schedule search, and a search point's name runs only that point (default: the whole run)")
     p.add_argument("--no-docs", action="store_true", help="skip building the docs site")
     p.set_defaults(func=_run)
 

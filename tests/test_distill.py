@@ -104,9 +104,8 @@ def test_cache_rows_match_teacher(tmp_path, data_dir, tokenizer):
     model = tiny_model("bert", layers=4, vocab_size=len(tokenizer), seed=3).eval()
     with torch.no_grad():
         out = model(input_ids=torch.tensor([f["input_ids"]]), output_hidden_states=True)
-    first = torch.tensor(f["word_ids"]) >= 0
-    first &= torch.tensor(f["owned"]).bool()
-    expected = torch.cat([out.logits[0], out.hidden_states[2][0], out.hidden_states[4][0]], -1)[first]
+    owned_words = (torch.tensor(f["word_ids"]) >= 0) & torch.tensor(f["owned"]).bool()  # first wordpiece of each word
+    expected = torch.cat([out.logits[0], out.hidden_states[2][0], out.hidden_states[4][0]], -1)[owned_words]
     assert cache[i].shape == (len(recs[i]["words"]), len(LABELS) + 2 * 32)
     torch.testing.assert_close(cache[i].float(), expected, atol=2e-2, rtol=1e-2)
 
