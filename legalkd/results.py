@@ -16,8 +16,8 @@ import jsonschema
 from .metrics import evaluate_tags
 
 # %% auto #0
-__all__ = ['RESULTS_SCHEMA', 'PACKAGES', 'git_commit', 'run_metadata', 'save_json_atomic', 'results_path', 'write_results',
-           'load_results', 'save_predictions', 'rescore_predictions']
+__all__ = ['RESULTS_SCHEMA', 'PACKAGES', 'OUTPUT_PATHS', 'git_commit', 'run_metadata', 'save_json_atomic', 'results_path',
+           'write_results', 'load_results', 'save_predictions', 'rescore_predictions']
 
 # %% ../nbs/01_results.ipynb #f07b7545
 _SCORES = {"type": "object", "required": ["precision", "recall", "f1", "macro_f1", "per_type", "by_source"],
@@ -40,11 +40,14 @@ RESULTS_SCHEMA = {
 # %% ../nbs/01_results.ipynb #5b44b2c7
 PACKAGES = ("legalkd", "torch", "transformers", "datasets", "accelerate", "seqeval", "numpy", "onnxruntime")
 
+OUTPUT_PATHS = ("results", "README.md")  # what `legalkd run` itself rewrites: not a change to the code that ran
+
 def git_commit(path=".") -> str:
-    "The current git commit (with `-dirty` when the tree has changes), or `unknown` outside a repository."
+    "The current git commit, with `-dirty` when tracked files outside `results/` and `README.md` changed; `unknown` outside a repository."
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *(f":(top,exclude){p}" for p in OUTPUT_PATHS)],
+                               cwd=path, capture_output=True, text=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError): return "unknown"
 
