@@ -25,14 +25,14 @@ def _train_teacher(a):
     from legalkd.teacher import TrainConfig, train_teacher
     cfg = TrainConfig().update(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, max_length=a.max_length, stride=a.stride,
                                seed=a.seed, bf16=a.bf16, max_records=a.max_records)
-    r = train_teacher(a.model, a.data, a.out, a.results, a.experiment, cfg, model_path=a.model_path, force=a.force)
+    r = train_teacher(a.model, a.data, a.out, a.results, a.experiment, cfg, model_path=a.model_path, force=a.force, overwrite=a.force)
     if r: print(f"{r['experiment']}: test F1 {r['test']['f1']:.4f} (validation {r['validation']['f1']:.4f})")
 
 def _distill(a):
     from legalkd.distill import distill
     teachers = [a.teacher] + ([a.teacher2] if a.teacher2 else [])
     over = dict(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, max_length=a.max_length, stride=a.stride, seed=a.seed, bf16=a.bf16, max_records=a.max_records)
-    r = distill(a.variant, teachers, a.data, a.out, a.results, student=a.student, experiment=a.experiment, force=a.force,
+    r = distill(a.variant, teachers, a.data, a.out, a.results, student=a.student, experiment=a.experiment, force=a.force, overwrite=a.force,
                 **{k: v for k, v in over.items() if v is not None})
     if r: print(f"{r['experiment']}: test F1 {r['test']['f1']:.4f} (validation {r['validation']['f1']:.4f})")
 
@@ -53,8 +53,9 @@ def _train_options(p, teacher: bool):
     "Options shared by train-teacher and distill; an unset value keeps the default of `TrainConfig` or of the variant preset."
     p.add_argument("--data", default="outputs/data", help="prepared data folder from `legalkd data prepare` (default: outputs/data)")
     p.add_argument("--results", default="results", help="folder for the results JSON and test predictions (default: results)")
-    p.add_argument("--experiment", default="teacher" if teacher else None, help="experiment name (results file name)")
-    p.add_argument("--epochs", type=float, help="training epochs (default: 3 for a teacher, the variant's own for a student)")
+    p.add_argument("--experiment", default="teacher" if teacher else None,
+                   help="experiment name, also the results file name (default: " + ("teacher)" if teacher else "the variant's name)"))
+    p.add_argument("--epochs", type=float, help="training epochs, fractions allowed (default: 3 for a teacher, the variant's own for a student)")
     p.add_argument("--lr", type=float, help="peak learning rate after linear warm-up (default: 1e-4)")
     p.add_argument("--batch-size", type=int, help="windows per batch (default: 16)")
     p.add_argument("--max-length", type=int, help="wordpieces per window, including [CLS] and [SEP] (default: 256)")
@@ -62,12 +63,13 @@ def _train_options(p, teacher: bool):
     p.add_argument("--seed", type=int, help="random seed (default: 42)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (default on)")
     p.add_argument("--max-records", type=int, help="use only N evenly spaced records of each split (smoke runs)")
-    p.add_argument("--force", action="store_true", help="retrain even when matching results exist")
+    p.add_argument("--force", action="store_true",
+                   help="retrain even when matching results exist, and replace results of other settings (without it, those stop the command)")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `legalkd` argument parser with every subcommand."
     ap = argparse.ArgumentParser(prog="legalkd", description="Knowledge distillation of legal NER models on InLegalNER.")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log legalkd's DEBUG messages too (INFO is the default)")
     sub = ap.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="data commands", description="Prepare InLegalNER for training.").add_subparsers(dest="data_command", required=True)
@@ -80,8 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when the raw files are unchanged")
     p.set_defaults(func=_data_prepare)
 
-    p = sub.add_parser("train-teacher", help="fine-tune a teacher and write its results")
-    p.add_argument("--model", default="minilm-l6", help="registry name (minilm-l6, legalbert, distilbert), folder or hub name")
+    p = sub.add_parser("train-teacher", help="fine-tune a teacher and write its results",
+                       description="Fine-tune a token classifier on a prepared data folder, score it on validation and test, and write "
+                                   "results/EXPERIMENT.json with the test predictions. Rerunning an interrupted command resumes it "
+                                   "from its last checkpoint. The `cpu` preset of `legalkd run` trains its teacher with --epochs 5 --lr 2e-4.")
+    p.add_argument("--model", default="minilm-l6", help="registry name (minilm-l6, legalbert, distilbert), folder or hub name (default: minilm-l6)")
     p.add_argument("--model-path", default=None, help="local folder of the checkpoint, for hub models without network")
     p.add_argument("--out", default="outputs/teacher", help="folder for checkpoints and the final model (default: outputs/teacher)")
     _train_options(p, teacher=True)
@@ -117,9 +122,13 @@ def main(argv=None):
     "Entry point of the `legalkd` command; input errors end with one line on stderr and exit status 1."
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("legalkd").setLevel(logging.DEBUG if a.verbose else logging.INFO)  # other libraries stay at WARNING
     from legalkd.data import DataError
     from legalkd.models import ModelNotFoundError
     try: a.func(a)
-    except (DataError, ModelNotFoundError, FileNotFoundError) as e:
+    except (DataError, ModelNotFoundError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"legalkd {a.command}: {e}") from None
+    except KeyboardInterrupt:
+        print(f"legalkd {a.command}: interrupted; training commands resume from their last checkpoint when run again", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -326,7 +326,7 @@ def tokenize_words(words_batch, tokenizer, stats: Counter | None = None):
         if len(seen) < len(words):
             missing = [w for w in range(len(words)) if w not in seen]
             if stats is not None: stats["empty_words"] += len(missing)
-            log.info("%d word(s) had no wordpiece and were mapped to %s", len(missing), tokenizer.unk_token)
+            log.debug("%d word(s) had no wordpiece and were mapped to %s", len(missing), tokenizer.unk_token)
             pieces = {}
             for t, w in zip(ids, wids): pieces.setdefault(w, []).append(t)
             ids, wids = [], []

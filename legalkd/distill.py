@@ -17,7 +17,7 @@ from .data import LABELS, collate_features, data_meta, tokenize_words
 from .losses import HiddenProjection, attention_kl, choose_words, hidden_mse, kd_logit_loss, layer_pairs, mask_words, piece_words, token_ce
 from .models import count_parameters, encoder_layers, layer_map, load_model, load_tokenizer, resolve_model, student_from_teacher
 from .results import load_results
-from .teacher import MODEL_KEYS, NERTrainer, TrainConfig, WindowDataset, eval_history, evaluate_model, fit, is_done, load_split, predict_words
+from .teacher import MODEL_KEYS, NERTrainer, TrainConfig, WindowDataset, check_replace, eval_history, evaluate_model, fit, is_done, load_split, predict_words
 
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'DistillConfig', 'get_preset', 'same_vocab', 'teacher_window', 'align_words', 'DistillDataset',
@@ -280,7 +280,8 @@ def newer_inputs(results_dir, experiment: str, inputs) -> list[str]:
 
 # %% ../nbs/03_distill.ipynb #56e99efd
 def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, results_dir="results", student: str = "from-teacher:3",
-            experiment: str | None = None, teacher_experiments=None, cache_dir="outputs/cache", force: bool = False, callbacks=None, **train_overrides) -> dict:
+            experiment: str | None = None, teacher_experiments=None, cache_dir="outputs/cache", force: bool = False, callbacks=None,
+            overwrite: bool = True, **train_overrides) -> dict:
     "Train a student with the given KD variant and write its results; skip when already done."
     dcfg = get_preset(variant) if isinstance(variant, str) else variant
     experiment = experiment or (variant if isinstance(variant, str) else "student")
@@ -291,12 +292,14 @@ def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, resul
     teacher_experiments = list(teacher_experiments or [p.parent.name for p in teacher_dirs])[:len(teacher_dirs)]
     config = dict(variant=experiment, distill=asdict(dcfg), student=student, teacher=teacher_experiments[0],
                   teachers=[str(p) for p in teacher_dirs], teacher_experiments=teacher_experiments)
+    data_meta(data_dir)  # a missing data folder fails here, before a model is loaded
     inputs = teacher_experiments + ([dcfg.init_from] if dcfg.init_from else [])
     newer = newer_inputs(results_dir, experiment, inputs)
     if newer: log.info("%s: %s changed after it was trained, so it trains again", experiment, ", ".join(newer))
     elif not force and is_done(results_dir, experiment, config, data_dir) and (Path(out_dir)/"model").exists():
         log.info("%s: results are up to date, skipping", experiment)
         return load_results(results_dir, experiment)
+    if not overwrite: check_replace(results_dir, experiment, config, data_dir)
     # the inputs' stamps make checkpoints of a run on older inputs stale, so training restarts instead of resuming them
     stamps = {name: r["created"] for name in inputs if (r := load_results(results_dir, name))}
     torch.manual_seed(cfg.seed)

@@ -49,10 +49,12 @@ def resolve_model(name_or_path: str) -> str:
     return str(name_or_path)
 
 def _offline_hint(name_or_path, err):
+    path = resolve_model(name_or_path)
+    label = f"{name_or_path!r}" + (f" ({path})" if path != str(name_or_path) else "")
+    reason = (str(err).splitlines() or [""])[0].rstrip(".")
     return ModelNotFoundError(
-        f"cannot load {name_or_path!r}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
-        f"Without hub access, download the checkpoint elsewhere and pass its folder instead "
-        f"(for example `--model-path /models/legal-bert-base-uncased`), or use the offline spec `minilm-l6`.")
+        f"cannot load {label}: {type(err).__name__}: {reason}. Without hub access, download the checkpoint elsewhere and pass "
+        f"its folder instead (for example `--model-path /models/{path.rstrip('/').split('/')[-1]}`), or use the offline spec `minilm-l6`.")
 
 def load_tokenizer(name_or_path: str):
     "Load a fast tokenizer for a registry name or folder, with a clear error when it is unreachable."

@@ -16,13 +16,13 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .data import LABELS, collate_features, data_meta, id2label, iter_batches, load_from_disk, merge_windows, tokenize_records
 from .metrics import evaluate_tags
-from .models import count_parameters, load_model, load_tokenizer, resolve_model
+from .models import ModelNotFoundError, count_parameters, load_model, load_tokenizer, resolve_model
 from .results import load_results, results_path, run_metadata, save_predictions, write_results
 
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'log', 'TrainConfig', 'load_split', 'WindowDataset', 'predict_words', 'logits_to_tags', 'NERTrainer',
            'make_compute_metrics', 'argmax_logits', 'StopAfterSave', 'training_args', 'fit', 'eval_history',
-           'evaluate_model', 'is_done', 'train_teacher']
+           'evaluate_model', 'is_done', 'ResultsExistError', 'check_replace', 'train_teacher']
 
 # %% ../nbs/01_teacher.ipynb #25f26b77
 @dataclass
@@ -168,13 +168,16 @@ def fit(model, tokenizer, data_dir, cfg: TrainConfig, out_dir, trainer_cls=NERTr
 
 # %% ../nbs/01_teacher.ipynb #3372c099
 def eval_history(trainer) -> list[dict]:
-    "Validation scores and training loss per epoch from a trainer's log."
-    hist = {}
-    for h in trainer.state.log_history:
-        ep = round(h.get("epoch", 0), 2)
-        if "eval_f1" in h: hist.setdefault(ep, {}).update(epoch=ep, val_f1=h["eval_f1"], val_macro_f1=h.get("eval_macro_f1"))
-        if "loss" in h: hist.setdefault(ep, {}).update(epoch=ep, train_loss=h["loss"])
-    return [v for _, v in sorted(hist.items()) if "val_f1" in v]
+    "Validation scores per epoch, with the mean training loss logged since the previous evaluation."
+    logs = trainer.state.log_history
+    evals = {round(h["epoch"], 2): h for h in logs if "eval_f1" in h}  # one row per epoch, also after a resume
+    hist, prev = [], 0.0
+    for ep, h in sorted(evals.items()):
+        losses = [float(l["loss"]) for l in logs if "loss" in l and prev < l.get("epoch", 0) <= h["epoch"]]
+        hist.append(dict(epoch=ep, val_f1=h["eval_f1"], val_macro_f1=h.get("eval_macro_f1"),
+                         train_loss=sum(losses) / len(losses) if losses else None))
+        prev = h["epoch"]
+    return hist
 
 def evaluate_model(model, tokenizer, data_dir, cfg: TrainConfig, experiment: str, results_dir, kind: str, model_info: dict,
                    config: dict, wall_time_s: float, history=None, extra=None) -> dict:
@@ -198,18 +201,37 @@ def is_done(results_dir, experiment: str, config: dict, data_dir) -> bool:
     old = load_results(results_dir, experiment)
     return bool(old) and old["config"] == config and old["data_hash"] == data_meta(data_dir)["raw_hash"]
 
+class ResultsExistError(FileExistsError):
+    "An experiment already has results from other settings, and the caller did not allow replacing them."
+
+def _flat(d: dict, prefix="") -> dict:
+    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+
+def check_replace(results_dir, experiment: str, config: dict, data_dir):
+    "Raise `ResultsExistError` when `experiment` has results from another config or other data."
+    old = load_results(results_dir, experiment)
+    if not old or is_done(results_dir, experiment, config, data_dir): return
+    before, after = _flat(old["config"]), _flat(config)
+    changed = [f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    if old["data_hash"] != data_meta(data_dir)["raw_hash"]: changed.append("data")
+    raise ResultsExistError(f"{results_path(results_dir, experiment)} already exists with other settings ({'; '.join(changed)}); "
+                            f"pass --force to overwrite it, or --experiment NAME or --results DIR to keep it")
+
 def train_teacher(model: str = "minilm-l6", data_dir="data/inlegalner", out_dir="outputs/teacher", results_dir="results",
                   experiment: str = "teacher", cfg: TrainConfig | None = None, model_path: str | None = None,
-                  callbacks=None, force: bool = False, model_obj=None) -> dict:
+                  callbacks=None, force: bool = False, model_obj=None, overwrite: bool = True) -> dict:
     "Fine-tune a teacher on a prepared data folder and write its results; skip when already done."
     cfg = cfg or TrainConfig()
     source = model_path or model
     config = dict(model=model, model_path=model_path, **asdict(cfg))
+    data_meta(data_dir)  # a missing data folder fails here, before a model is loaded
+    if model_path and not Path(model_path).is_dir(): raise ModelNotFoundError(f"model path {model_path}: no such folder")
     if not force and is_done(results_dir, experiment, config, data_dir) and (Path(out_dir)/"model").exists():
         log.info("%s: results are up to date, skipping", experiment)
         return load_results(results_dir, experiment)
+    if not overwrite: check_replace(results_dir, experiment, config, data_dir)
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(resolve_model(source))
+    tokenizer = load_tokenizer(source)
     net = model_obj if model_obj is not None else load_model(source)
     start = time.time()
     trainer, resumed = fit(net, tokenizer, data_dir, cfg, out_dir, callbacks=callbacks, run_config=config)

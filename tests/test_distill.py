@@ -11,6 +11,7 @@ from legalkd.distill import (DistillConfig, DistillTrainer, PRESETS, StudentWith
                              distill, get_preset, same_vocab, teacher_window)
 from legalkd.losses import HiddenProjection, hidden_mse, kd_logit_loss, layer_pairs, token_ce
 from legalkd.models import layer_map, tiny_model
+from legalkd.teacher import ResultsExistError
 
 
 def test_ce_matches_hand_value():
@@ -186,6 +187,9 @@ def test_student_retrains_after_new_teacher(tmp_path, data_dir, tokenizer):
     first = distill("ce-only", [tmp_path/"teacher"/"model"], data_dir, tmp_path/"ce-only", results, student="from-teacher:2", **SMALL)
     again = distill("ce-only", [tmp_path/"teacher"/"model"], data_dir, tmp_path/"ce-only", results, student="from-teacher:2", **SMALL)
     assert again["created"] == first["created"]  # nothing changed: skipped
+    with pytest.raises(ResultsExistError, match=r"distill\.train\.epochs 1 -> 2"):
+        distill("ce-only", [tmp_path/"teacher"/"model"], data_dir, tmp_path/"ce-only", results, student="from-teacher:2", overwrite=False,
+                **{**SMALL, "epochs": 2})
     time.sleep(1.1)  # results stamps have one-second resolution
     train_teacher("minilm-l6", data_dir, tmp_path/"teacher", results, "teacher", TrainConfig(**SMALL), model_obj=tiny_model("bert", layers=4, seed=5),
                   force=True)

@@ -92,3 +92,51 @@ def test_torchrun_two_processes(tmp_path, data_dir, tokenizer):
     assert res["config"]["max_records"] == SMALL["max_records"]
     state = json.loads(next((tmp_path/"out"/"checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
     assert state["global_step"] == math.ceil(n_windows(data_dir, tokenizer) / (2 * SMALL["batch_size"]))
+
+
+def test_offline_error_names_spec_and_folder():
+    with pytest.raises(ModelNotFoundError) as err:
+        load_tokenizer("distilbert")
+    msg = str(err.value)
+    assert "'distilbert' (distilbert-base-uncased)" in msg
+    assert "--model-path /models/distilbert-base-uncased" in msg
+    assert ".." not in msg
+
+
+def test_missing_model_path_is_named(tmp_path, data_dir):
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", TrainConfig(**SMALL), model_path=str(tmp_path/"nope"))
+
+
+def test_history_has_epoch_train_loss(tmp_path, data_dir, tokenizer):
+    local = save_tiny(tmp_path/"tiny", tokenizer)
+    res = train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", TrainConfig(**{**SMALL, "epochs": 2, "log_steps": 1}),
+                        model_path=str(local))
+    assert [h["epoch"] for h in res["history"]] == [1.0, 2.0]
+    assert all(h["train_loss"] > 0 for h in res["history"])
+
+
+def cli_train(local, data_dir, tmp_path, *extra):
+    "Run `legalkd train-teacher` on the SMALL slice with a tiny model."
+    from legalkd.cli import main
+    main(["train-teacher", "--model", "legalbert", "--model-path", str(local), "--data", str(data_dir), "--out", str(tmp_path/"out"),
+          "--results", str(tmp_path/"results"), "--max-records", str(SMALL["max_records"]), "--max-length", str(SMALL["max_length"]),
+          "--stride", str(SMALL["stride"]), "--batch-size", str(SMALL["batch_size"]), "--no-bf16", *extra])
+
+
+def test_cli_keeps_results_of_other_settings(tmp_path, data_dir, tokenizer):
+    local = save_tiny(tmp_path/"tiny", tokenizer)
+    cli_train(local, data_dir, tmp_path, "--epochs", "1")
+    path = tmp_path/"results"/"teacher.json"
+    before = path.read_bytes()
+    with pytest.raises(SystemExit, match=r"epochs 1\.0 -> 2\.0.*pass --force"):
+        cli_train(local, data_dir, tmp_path, "--epochs", "2")
+    assert path.read_bytes() == before
+    cli_train(local, data_dir, tmp_path, "--epochs", "2", "--force")
+    assert json.loads(path.read_text())["config"]["epochs"] == 2.0
+
+
+def test_cli_missing_data_says_prepare(tmp_path):
+    from legalkd.cli import main
+    with pytest.raises(SystemExit, match="legalkd data prepare"):
+        main(["train-teacher", "--data", str(tmp_path/"nodata"), "--out", str(tmp_path/"out"), "--results", str(tmp_path/"results")])
