@@ -64,7 +64,7 @@ def _train_options(p, teacher: bool):
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast (default on)")
     p.add_argument("--max-records", type=int, help="use only N evenly spaced records of each split (smoke runs)")
     p.add_argument("--force", action="store_true",
-                   help="retrain even when matching results exist, and replace results of other settings (without it, those stop the command)")
+                   help="retrain even when matching results exist, and overwrite a results file from other settings (without it, such a file stops the command)")
 
 def build_parser() -> argparse.ArgumentParser:
     "The `legalkd` argument parser with every subcommand."
@@ -123,12 +123,12 @@ def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("legalkd").setLevel(logging.DEBUG if a.verbose else logging.INFO)  # other libraries stay at WARNING
+    logging.getLogger("legalkd").setLevel(logging.DEBUG if a.verbose else logging.INFO)  # only legalkd's own loggers, so other libraries stay at WARNING
     from legalkd.data import DataError
     from legalkd.models import ModelNotFoundError
     try: a.func(a)
     except (DataError, ModelNotFoundError, FileNotFoundError, FileExistsError) as e:
         raise SystemExit(f"legalkd {a.command}: {e}") from None
     except KeyboardInterrupt:
-        print(f"legalkd {a.command}: interrupted; training commands resume from their last checkpoint when run again", file=sys.stderr)
+        print(f"legalkd {a.command}: interrupted. Run the same command again to resume training from its last checkpoint.", file=sys.stderr)
         raise SystemExit(130) from None

@@ -318,7 +318,7 @@ def _window_starts(n: int, size: int, stride: int) -> list[int]:
 # %% ../nbs/00_data.ipynb #817a0b7e
 def tokenize_words(words_batch, tokenizer, stats: Counter | None = None):
     "Tokenise lists of words into flat wordpiece ids and the word index of each wordpiece."
-    enc = tokenizer(list(words_batch), is_split_into_words=True, add_special_tokens=False, verbose=False)  # no "longer than 512" warning: windows come next
+    enc = tokenizer(list(words_batch), is_split_into_words=True, add_special_tokens=False, verbose=False)  # silences the sequence-too-long warning, because windows cut to max_length come next
     out = []
     for i, words in enumerate(words_batch):
         ids, wids = enc["input_ids"][i], enc.word_ids(i)

@@ -17,7 +17,7 @@ from .data import LABELS, collate_features, data_meta, tokenize_words
 from .losses import HiddenProjection, attention_kl, choose_words, hidden_mse, kd_logit_loss, layer_pairs, mask_words, piece_words, token_ce
 from .models import count_parameters, encoder_layers, layer_map, load_model, load_tokenizer, resolve_model, student_from_teacher
 from .results import load_results
-from .teacher import MODEL_KEYS, NERTrainer, TrainConfig, WindowDataset, check_replace, eval_history, evaluate_model, fit, is_done, load_split, predict_words
+from .teacher import MODEL_KEYS, NERTrainer, TrainConfig, WindowDataset, check_overwrite, eval_history, evaluate_model, fit, is_done, load_split, predict_words
 
 # %% auto #0
 __all__ = ['PRESETS', 'log', 'DistillConfig', 'get_preset', 'same_vocab', 'teacher_window', 'align_words', 'DistillDataset',
@@ -299,7 +299,7 @@ def distill(variant: str | DistillConfig, teacher_dirs, data_dir, out_dir, resul
     elif not force and is_done(results_dir, experiment, config, data_dir) and (Path(out_dir)/"model").exists():
         log.info("%s: results are up to date, skipping", experiment)
         return load_results(results_dir, experiment)
-    if not overwrite: check_replace(results_dir, experiment, config, data_dir)
+    if not overwrite: check_overwrite(results_dir, experiment, config, data_dir)
     # the inputs' stamps make checkpoints of a run on older inputs stale, so training restarts instead of resuming them
     stamps = {name: r["created"] for name in inputs if (r := load_results(results_dir, name))}
     torch.manual_seed(cfg.seed)

@@ -40,10 +40,10 @@ RESULTS_SCHEMA = {
 # %% ../nbs/01_results.ipynb #5b44b2c7
 PACKAGES = ("legalkd", "torch", "transformers", "datasets", "accelerate", "seqeval", "numpy", "onnxruntime")
 
-OUTPUT_PATHS = ("results", "README.md", "nbs/index.ipynb")  # what `legalkd run` itself rewrites: not a change to the code that ran
+OUTPUT_PATHS = ("results", "README.md", "nbs/index.ipynb")  # files that `legalkd run` rewrites, so their changes do not mark a commit dirty
 
 def git_commit(path=".") -> str:
-    "The current git commit, with `-dirty` when tracked files other than `OUTPUT_PATHS` changed; `unknown` outside a repository."
+    "Return the current git commit, with `-dirty` when tracked files outside `OUTPUT_PATHS` changed, or `unknown` outside a repository."
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *(f":(top,exclude){p}" for p in OUTPUT_PATHS)],

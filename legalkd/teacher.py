@@ -22,7 +22,7 @@ from .results import load_results, results_path, run_metadata, save_predictions,
 # %% auto #0
 __all__ = ['MODEL_KEYS', 'log', 'TrainConfig', 'load_split', 'WindowDataset', 'predict_words', 'logits_to_tags', 'NERTrainer',
            'make_compute_metrics', 'argmax_logits', 'StopAfterSave', 'training_args', 'fit', 'eval_history',
-           'evaluate_model', 'is_done', 'ResultsExistError', 'check_replace', 'train_teacher']
+           'evaluate_model', 'is_done', 'ResultsExistError', 'check_overwrite', 'train_teacher']
 
 # %% ../nbs/01_teacher.ipynb #25f26b77
 @dataclass
@@ -168,16 +168,16 @@ def fit(model, tokenizer, data_dir, cfg: TrainConfig, out_dir, trainer_cls=NERTr
 
 # %% ../nbs/01_teacher.ipynb #3372c099
 def eval_history(trainer) -> list[dict]:
-    "Validation scores per epoch, with the mean training loss logged since the previous evaluation."
+    "Collect validation scores per epoch, with the mean training loss logged since the previous evaluation."
     logs = trainer.state.log_history
-    evals = {round(h["epoch"], 2): h for h in logs if "eval_f1" in h}  # one row per epoch, also after a resume
-    hist, prev = [], 0.0
-    for ep, h in sorted(evals.items()):
-        losses = [float(l["loss"]) for l in logs if "loss" in l and prev < l.get("epoch", 0) <= h["epoch"]]
-        hist.append(dict(epoch=ep, val_f1=h["eval_f1"], val_macro_f1=h.get("eval_macro_f1"),
-                         train_loss=sum(losses) / len(losses) if losses else None))
-        prev = h["epoch"]
-    return hist
+    evals = {round(entry["epoch"], 2): entry for entry in logs if "eval_f1" in entry}  # keyed by epoch, so a resumed run has no duplicates
+    history, prev_epoch = [], 0.0
+    for epoch, scores in sorted(evals.items()):
+        losses = [float(entry["loss"]) for entry in logs if "loss" in entry and prev_epoch < entry.get("epoch", 0) <= scores["epoch"]]
+        history.append(dict(epoch=epoch, val_f1=scores["eval_f1"], val_macro_f1=scores.get("eval_macro_f1"),
+                            train_loss=sum(losses) / len(losses) if losses else None))
+        prev_epoch = scores["epoch"]
+    return history
 
 def evaluate_model(model, tokenizer, data_dir, cfg: TrainConfig, experiment: str, results_dir, kind: str, model_info: dict,
                    config: dict, wall_time_s: float, history=None, extra=None) -> dict:
@@ -202,16 +202,21 @@ def is_done(results_dir, experiment: str, config: dict, data_dir) -> bool:
     return bool(old) and old["config"] == config and old["data_hash"] == data_meta(data_dir)["raw_hash"]
 
 class ResultsExistError(FileExistsError):
-    "An experiment already has results from other settings, and the caller did not allow replacing them."
+    "Error for an experiment whose results file exists with other settings when overwriting it is not allowed."
 
-def _flat(d: dict, prefix="") -> dict:
-    return {k2: v2 for k, v in d.items() for k2, v2 in (_flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(f"{prefix}{k}", v)])}
+def _flatten(config: dict, prefix="") -> dict:
+    "Flatten nested dicts into one dict with dotted keys, such as `distill.train.epochs`."
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict): flat.update(_flatten(value, f"{prefix}{key}."))
+        else: flat[f"{prefix}{key}"] = value
+    return flat
 
-def check_replace(results_dir, experiment: str, config: dict, data_dir):
+def check_overwrite(results_dir, experiment: str, config: dict, data_dir):
     "Raise `ResultsExistError` when `experiment` has results from another config or other data."
     old = load_results(results_dir, experiment)
     if not old or is_done(results_dir, experiment, config, data_dir): return
-    before, after = _flat(old["config"]), _flat(config)
+    before, after = _flatten(old["config"]), _flatten(config)
     changed = [f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
     if old["data_hash"] != data_meta(data_dir)["raw_hash"]: changed.append("data")
     raise ResultsExistError(f"{results_path(results_dir, experiment)} already exists with other settings ({'; '.join(changed)}); "
@@ -225,11 +230,11 @@ def train_teacher(model: str = "minilm-l6", data_dir="data/inlegalner", out_dir=
     source = model_path or model
     config = dict(model=model, model_path=model_path, **asdict(cfg))
     data_meta(data_dir)  # a missing data folder fails here, before a model is loaded
-    if model_path and not Path(model_path).is_dir(): raise ModelNotFoundError(f"model path {model_path}: no such folder")
+    if model_path and not Path(model_path).is_dir(): raise ModelNotFoundError(f"model folder {model_path} not found; pass the folder of a saved checkpoint")
     if not force and is_done(results_dir, experiment, config, data_dir) and (Path(out_dir)/"model").exists():
         log.info("%s: results are up to date, skipping", experiment)
         return load_results(results_dir, experiment)
-    if not overwrite: check_replace(results_dir, experiment, config, data_dir)
+    if not overwrite: check_overwrite(results_dir, experiment, config, data_dir)
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(source)
     net = model_obj if model_obj is not None else load_model(source)

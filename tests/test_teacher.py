@@ -104,7 +104,7 @@ def test_offline_error_names_spec_and_folder():
 
 
 def test_missing_model_path_is_named(tmp_path, data_dir):
-    with pytest.raises(ModelNotFoundError, match="no such folder"):
+    with pytest.raises(ModelNotFoundError, match="not found; pass the folder"):
         train_teacher("legalbert", data_dir, tmp_path/"out", tmp_path/"results", "t", TrainConfig(**SMALL), model_path=str(tmp_path/"nope"))
 
 
